@@ -1,0 +1,1 @@
+"""The `llava` console script: one command, one subcommand per task."""

@@ -1,0 +1,5 @@
+import sys
+
+from llava_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""`llava SUBCOMMAND ...`: dispatches to the module that owns each task.
+
+Each subcommand lives next to the code it drives and exposes `main(argv) -> int`, which builds its
+own argparse/HfArgumentParser parser (so `llava X --help` explains every option). The table below
+is imported lazily so that `llava --help` and light subcommands never pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help). Keep sorted by name.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
+    "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
+    "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: llava SUBCOMMAND [options]   (llava SUBCOMMAND --help for its options)", "", "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in sorted(SUBCOMMANDS.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"llava: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

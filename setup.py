@@ -1,0 +1,60 @@
+"""Install the LLaVA project: the model as transformers remote code plus the tools around it."""
+
+from setuptools import setup
+
+CORE = [
+    # torch: any CPU/GPU build from 2.4 on; the README pins the 2.13.0 CPU wheel for offline machines.
+    "torch>=2.4",
+    "transformers>=5.24,<6",
+    "trl>=1.16,<2",
+    "peft>=0.21,<1",
+    "accelerate>=1.10",
+    "datasets>=4",
+    "safetensors>=0.5",
+    "huggingface_hub>=1.0",
+    "pillow>=10",
+    "numpy>=1.26",
+    "pyyaml>=6",
+    # Reads the GGUF checkpoint of the embedded default LLM (SmolLM2) and any user GGUF file.
+    "gguf>=0.10",
+    # Training UX: TensorBoard is the default `report_to`; matplotlib draws loss curves and reports.
+    "tensorboard>=2.15",
+    "matplotlib>=3.7",
+]
+
+EXTRAS = {
+    # Real photos for the demo and tests (skimage.data ships them inside the wheel).
+    "demo": ["scikit-image>=0.22", "gradio>=5"],
+    "datagen": ["openai>=1.40", "tenacity>=8"],
+    "eval": ["openai>=1.40"],
+    "dev": [
+        "pytest>=8",
+        "scikit-image>=0.22",
+        "openai>=1.40",
+        "tenacity>=8",
+    ],
+}
+
+setup(
+    name="llava-transformers",
+    version="0.1.0",
+    description="LLaVA (Visual Instruction Tuning) as transformers remote code, trained with TRL",
+    python_requires=">=3.10",
+    packages=[
+        "modeling_llava",
+        "processing",
+        "training",
+        "hub_upload",
+        "datagen",
+        "evaluation",
+        "llava_cli",
+    ],
+    package_data={
+        "processing": ["templates/*.jinja", "data/*"],
+        "training": ["configs/*.yaml", "configs/accelerate/*.yaml"],
+        "datagen": ["prompts/*"],
+    },
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["llava=llava_cli.main:main"]},
+)
