@@ -22,7 +22,8 @@ or with the pytest fixture `chat_server` (import it into the test module): `chat
 server that is stopped after the test.
 
 Spec keys:
-- `responses`: list of `{"match", "content", "finish_reason"="stop", "prompt_tokens"?, "completion_tokens"?}`.
+- `responses`: list of `{"match", "content", "finish_reason"="stop", "prompt_tokens"?, "completion_tokens"?,
+  "delay"?}` (`delay`: seconds to wait before replying, to make a run slow enough to interrupt).
   `match` is a substring looked for in the content of the LAST message of the request (the query;
   few-shot examples earlier in the prompt do not count). The first matching entry wins.
 - `faults`: list of `{"match", "kind", "times"=1, ...}`; the first `times` requests whose last message
@@ -133,6 +134,8 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(500, json.dumps({"error": {"message": f"unknown fault kind {kind!r}"}}).encode())
                     return
+            if response is not None and response.get("delay"):
+                time.sleep(min(float(response["delay"]), SLOW_REPLY_CAP_S))
             if response is None:
                 self._send(404, json.dumps({"error": {"message": f"no canned response for {query[:80]!r}"}}).encode())
                 return
