@@ -52,7 +52,7 @@ def build_contexts(captions_file: str | Path, instances_file: str | Path) -> lis
         raise ValueError(f"{instances_file}: not a COCO instances file (no 'categories' key)")
 
     images: dict[int, dict[str, Any]] = {}
-    for data in (captions_data, instances_data):
+    for data in (instances_data, captions_data):  # the instances file is the one whose sizes the boxes need
         for image in data["images"]:
             images.setdefault(image["id"], image)
     categories = {category["id"]: category["name"] for category in instances_data["categories"]}

@@ -24,10 +24,11 @@ server that is stopped after the test.
 Spec keys:
 - `responses`: list of `{"match", "content", "finish_reason"="stop", "prompt_tokens"?, "completion_tokens"?,
   "delay"?}` (`delay`: seconds to wait before replying, to make a run slow enough to interrupt).
-  `match` is a substring looked for in the content of the LAST message of the request (the query;
-  few-shot examples earlier in the prompt do not count). The first matching entry wins.
-- `faults`: list of `{"match", "kind", "times"=1, ...}`; the first `times` requests whose last message
-  contains `match` get the fault instead of the reply. Kinds:
+  An entry matches a request when `match` (default "") is a substring of the content of the LAST
+  message (the query; few-shot examples earlier in the prompt do not count) and the optional
+  `system` is a substring of the system message. The first matching entry wins.
+- `faults`: list of `{"match", "system"?, "kind", "times"=1, ...}`; the first `times` matching
+  requests get the fault instead of the reply. Kinds:
   `"429"` (status 429 with a `Retry-After: <retry_after>` header, default 1 s),
   `"500"` (status 500), `"slow"` (waits `delay` seconds, default 5, before the normal reply: a client
   timeout shorter than that sees a timeout), `"malformed"` (status 200 with a body that is not JSON).
@@ -62,16 +63,21 @@ class _State:
         self.fault_counts = [0] * len(spec.get("faults", []))
         self.log: list[dict[str, Any]] = []
 
-    def pick(self, query: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The fault to inject (if any) and the canned response for a request whose last message is `query`."""
+    def pick(self, messages: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The fault to inject (if any) and the canned response for a request with these messages."""
+
+        def matches(entry: dict[str, Any]) -> bool:
+            system = str(messages[0].get("content", "")) if messages[0].get("role") == "system" else ""
+            return entry.get("match", "") in str(messages[-1].get("content", "")) and entry.get("system", "") in system
+
         with self.lock:
             fault = None
             for index, candidate in enumerate(self.spec.get("faults", [])):
-                if candidate["match"] in query and self.fault_counts[index] < candidate.get("times", 1):
+                if matches(candidate) and self.fault_counts[index] < candidate.get("times", 1):
                     self.fault_counts[index] += 1
                     fault = candidate
                     break
-        response = next((r for r in self.spec.get("responses", []) if r["match"] in query), self.spec.get("default"))
+        response = next((r for r in self.spec.get("responses", []) if matches(r)), self.spec.get("default"))
         return fault, response
 
 
@@ -107,11 +113,12 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length)
             try:
                 body = json.loads(raw)
-                query = body["messages"][-1]["content"]
+                messages = body["messages"]
+                query = str(messages[-1]["content"])
             except (ValueError, KeyError, IndexError, TypeError):
                 self._send(400, b'{"error": {"message": "bad request body"}}')
                 return
-            fault, response = state.pick(query)
+            fault, response = state.pick(messages)
             with state.lock:
                 state.log.append({"path": self.path, "body": body, "served": fault["kind"] if fault else "reply"})
             if not self.path.endswith("/chat/completions"):
