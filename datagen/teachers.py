@@ -203,12 +203,10 @@ class LocalTeacher(Teacher):
         )
         prompt_length = inputs["input_ids"].shape[1]
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self._lock, torch.no_grad():
             output = self.model.generate(
-                **inputs.to(self.model.device),
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                **sampling,
+                **inputs.to(self.model.device), max_new_tokens=self.max_new_tokens, pad_token_id=pad_token_id, **sampling
             )
         new_tokens = output[0, prompt_length:]
         eos_ids = self.model.generation_config.eos_token_id
