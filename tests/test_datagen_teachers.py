@@ -88,6 +88,10 @@ def test_local_teacher_uses_the_chat_template_and_reports_truncation():
     reply = teacher.complete(messages)
     assert reply.finish_reason == "stop" and reply.usage == TokenUsage(9, 1)
 
+    model.config.max_position_embeddings = 12
+    with pytest.raises(TeacherError, match="prompt of 9 tokens \\+ 4 new tokens exceeds the model's context of 12"):
+        teacher.complete(messages)
+
 
 @pytest.mark.slow
 def test_local_teacher_with_real_smollm2_answers_and_drives_the_generator(smollm2_gguf, tmp_path):
