@@ -29,8 +29,10 @@ IMAGE_PLACEHOLDER = "<image>"
 LLAVA_TO_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 ROLE_TO_LLAVA = {role: speaker for speaker, role in LLAVA_TO_ROLE.items()}
 _KNOWN_FIELDS = ("id", "image", "conversations")
-# A placeholder together with the newline that LLaVA data puts between it and the text ("<image>\nQ", "Q\n<image>").
-_PLACEHOLDER_SPLIT = re.compile(r"\n?(" + re.escape(IMAGE_PLACEHOLDER) + r")\n?")
+# A placeholder together with the single newline that LLaVA data puts between it and the text ("<image>\nQ",
+# "Q\n<image>"). The newline is only taken when no other whitespace touches it, so that `content_to_text` (which
+# puts back a newline exactly where no whitespace separates a block from the next) restores the text exactly.
+_PLACEHOLDER_SPLIT = re.compile(r"(?:(?<!\s)\n)?(" + re.escape(IMAGE_PLACEHOLDER) + r")(?:\n(?!\s))?")
 
 
 @dataclass(frozen=True)
@@ -245,10 +247,22 @@ def text_to_content(text: str) -> list[dict[str, Any]]:
 
 
 def content_to_text(content: str | list[dict[str, Any]]) -> str:
-    """Inverse of `text_to_content` (blocks joined by newlines, as the chat templates render them)."""
+    """Inverse of `text_to_content`, and the same text the chat templates' `render_content` macro writes.
+
+    Blocks are joined with a newline, except where the text on either side of the join already has whitespace
+    there: `[image, "Q"]` -> `"<image>\nQ"`, `["Compare ", image, " and"]` -> `"Compare <image> and"`.
+    """
     if isinstance(content, str):
         return content
-    return "\n".join(IMAGE_PLACEHOLDER if block["type"] == "image" else (block.get("text") or "") for block in content)
+    text = ""
+    for block in content:
+        piece = IMAGE_PLACEHOLDER if block["type"] == "image" else (block.get("text") or "")
+        if not piece:
+            continue
+        if text and not (text[-1].isspace() or piece[0].isspace()):
+            text += "\n"
+        text += piece
+    return text
 
 
 def place_first_turn_image(content: list[dict[str, Any]], image_first: bool) -> list[dict[str, Any]]:
