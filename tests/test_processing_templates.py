@@ -133,3 +133,18 @@ def test_own_template_refuses_what_it_cannot_reproduce():
     tokenizer.chat_template = None
     with pytest.raises(TemplateDerivationError, match="no \\(single\\) chat template"):
         get_chat_template("own", tokenizer)
+
+
+def test_resolve_chat_template_choices():
+    from processing.templates import resolve_chat_template
+
+    tokenizer = smollm2_tokenizer()
+    assert resolve_chat_template("vicuna_v1") == get_chat_template("vicuna_v1")
+    assert resolve_chat_template(None, tokenizer) == get_chat_template("own", tokenizer)
+    custom = "{{ messages[0]['content'] }}"
+    assert resolve_chat_template(custom) == custom
+    tokenizer.chat_template = "{% for m in messages %}{{ loop.index }}. {{ m['content'] }}\n{% endfor %}"
+    assert resolve_chat_template(None, tokenizer) == get_chat_template("paper")
+    assert resolve_chat_template(None, None) == get_chat_template("paper")
+    with pytest.raises(ValueError, match="neither a template name"):
+        resolve_chat_template("vicuna")
