@@ -148,3 +148,23 @@ def test_resolve_chat_template_choices():
     assert resolve_chat_template(None, None) == get_chat_template("paper")
     with pytest.raises(ValueError, match="neither a template name"):
         resolve_chat_template("vicuna")
+
+
+def test_own_template_on_many_real_templates_is_exact_or_refused():
+    """TRL ships the chat templates of ~40 model families: each one is reproduced exactly or clearly refused."""
+    from pathlib import Path
+
+    import trl
+
+    files = sorted(p for p in (Path(trl.__file__).parent / "chat_templates").glob("*.jinja") if "training" not in p.name)
+    assert len(files) > 20
+    tokenizer = smollm2_tokenizer()
+    derived = []
+    for path in files:
+        tokenizer.chat_template = path.read_text()
+        try:
+            get_chat_template("own", tokenizer)  # raises unless it renders text chats exactly like the original
+        except TemplateDerivationError:
+            continue
+        derived.append(path.stem)
+    assert {"llama3_1", "qwen2_5", "gemma3", "cohere"} <= set(derived)
