@@ -250,3 +250,9 @@ def test_pipeline_loads_the_projects_model_and_processor_from_a_folder(tmp_path)
     assert pipe.processor.tokenizer.padding_side == "left"
     batch = pipe(text=[chat, [{**chat[0], "content": chat[0]["content"][::-1]}]], max_new_tokens=2, do_sample=False, batch_size=2)
     assert len(batch) == 2
+
+    # "image-to-text" is redirected to the same task; a prompt with <image> and an image works there too.
+    captioner = pipeline("image-to-text", model=str(tmp_path), trust_remote_code=True)
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+    out = captioner(images=gradient_image(40, 30), text=prompt, max_new_tokens=3, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)
