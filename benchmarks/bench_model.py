@@ -435,6 +435,7 @@ def interleaved(
     """Run `measure("builtin")` and `measure("ours")` alternately; the first mover swaps every repetition."""
     values: dict[str, dict[str, list[float]]] = {"builtin": {k: [] for k in keys}, "ours": {k: [] for k in keys}}
     last: list[dict] = []
+    started = time.perf_counter()
     for rep in range(reps):
         order = ("builtin", "ours") if rep % 2 == 0 else ("ours", "builtin")
         results = {}
@@ -444,6 +445,7 @@ def interleaved(
             for key in keys:
                 values[kind][key].append(results[kind][key])
         last = [results["builtin"], results["ours"]]
+        print(f"  ... repetition {rep + 1}/{reps} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     return values["builtin"], values["ours"], last
 
 
