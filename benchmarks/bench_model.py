@@ -37,15 +37,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LogitsProcessor, LogitsProcessorList
-from transformers.utils import logging as transformers_logging
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaForConditionalGeneration,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 from transformers import LlavaConfig as BuiltinLlavaConfig
-from transformers import LlavaForConditionalGeneration
+from transformers.utils import logging as transformers_logging
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing it
 
-from modeling_llava import LlavaConfig, LlavaForCausalLM  # noqa: E402
+from modeling_llava import LlavaConfig, LlavaForCausalLM
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Max |logit difference| accepted between the two models before timing (same kernels, same weights).
@@ -56,19 +61,48 @@ BOS_TOKEN_ID = 1
 # Shapes. The vision presets follow CLIP ViT-L/14-336 (the LLaVA-1.5 encoder); the text presets follow
 # SmolLM2-135M and Llama-3.2-1B. The image token is appended to the vocabulary (vocab + 1).
 VISION_PRESETS: dict[str, dict[str, int]] = {
-    "vit-l-336": dict(
-        vision_layers=24, vision_hidden=1024, vision_intermediate=4096, vision_heads=16, image_size=336, patch_size=14
-    ),
-    "tiny": dict(vision_layers=4, vision_hidden=256, vision_intermediate=1024, vision_heads=4, image_size=112, patch_size=14),
+    "vit-l-336": {
+        "vision_layers": 24,
+        "vision_hidden": 1024,
+        "vision_intermediate": 4096,
+        "vision_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+    },
+    "tiny": {
+        "vision_layers": 4,
+        "vision_hidden": 256,
+        "vision_intermediate": 1024,
+        "vision_heads": 4,
+        "image_size": 112,
+        "patch_size": 14,
+    },
 }
 TEXT_PRESETS: dict[str, dict[str, int]] = {
-    "135m": dict(
-        text_layers=30, text_hidden=576, text_intermediate=1536, text_heads=9, text_kv_heads=3, vocab_size=49152
-    ),
-    "1b": dict(
-        text_layers=16, text_hidden=2048, text_intermediate=8192, text_heads=32, text_kv_heads=8, vocab_size=128256
-    ),
-    "tiny": dict(text_layers=4, text_hidden=256, text_intermediate=512, text_heads=4, text_kv_heads=2, vocab_size=8192),
+    "135m": {
+        "text_layers": 30,
+        "text_hidden": 576,
+        "text_intermediate": 1536,
+        "text_heads": 9,
+        "text_kv_heads": 3,
+        "vocab_size": 49152,
+    },
+    "1b": {
+        "text_layers": 16,
+        "text_hidden": 2048,
+        "text_intermediate": 8192,
+        "text_heads": 32,
+        "text_kv_heads": 8,
+        "vocab_size": 128256,
+    },
+    "tiny": {
+        "text_layers": 4,
+        "text_hidden": 256,
+        "text_intermediate": 512,
+        "text_heads": 4,
+        "text_kv_heads": 2,
+        "vocab_size": 8192,
+    },
 }
 ROPE_THETA = {"135m": 100_000.0, "1b": 500_000.0, "tiny": 10_000.0}
 SIZE_ARGUMENTS = (*VISION_PRESETS["tiny"], *TEXT_PRESETS["tiny"])
@@ -445,7 +479,11 @@ def interleaved(
             for key in keys:
                 values[kind][key].append(results[kind][key])
         last = [results["builtin"], results["ours"]]
-        print(f"  ... repetition {rep + 1}/{reps} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+        print(
+            f"  ... repetition {rep + 1}/{reps} done ({time.perf_counter() - started:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return values["builtin"], values["ours"], last
 
 
@@ -508,15 +546,27 @@ def main(argv: list[str] | None = None) -> int:
         builtin_values, our_values, last = interleaved(args.reps, generate(batch_inputs), keys)
         identical[batch] = torch.equal(last[0]["tokens"], last[1]["tokens"])
         rows.append(Row(f"generate tok/s (batch {batch})", builtin_values[keys[0]], our_values[keys[0]], "tok/s", True))
-        rows.append(Row(f"  decode-only tok/s (batch {batch})", builtin_values[keys[1]], our_values[keys[1]], "tok/s", True))
+        rows.append(
+            Row(f"  decode-only tok/s (batch {batch})", builtin_values[keys[1]], our_values[keys[1]], "tok/s", True)
+        )
 
     builtin_values, our_values, last = interleaved(args.reps, train, ["train_step_s", "loss"])
     rows.append(
-        Row(f"train step fwd+bwd (batch {args.train_batch})", builtin_values["train_step_s"], our_values["train_step_s"], "s", False)
+        Row(
+            f"train step fwd+bwd (batch {args.train_batch})",
+            builtin_values["train_step_s"],
+            our_values["train_step_s"],
+            "s",
+            False,
+        )
     )
 
     workloads = {"prefill": prefill_inputs, "generate": generate_inputs, "train": train_inputs}
-    workload_names = {"prefill": "prefill b1", "generate": f"generate b{args.gen_batch}", "train": f"train b{args.train_batch}"}
+    workload_names = {
+        "prefill": "prefill b1",
+        "generate": f"generate b{args.gen_batch}",
+        "train": f"train b{args.train_batch}",
+    }
     memory_note = ""
     if args.skip_memory:
         memory_note = "# memory: skipped (--skip-memory)"
@@ -535,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     run_train_step(models[kind], inputs, train_labels, device)
                 peaks[kind] = torch.cuda.max_memory_allocated(device) / 2**20
-            rows.append(Row(f"peak memory {workload_names[workload]}", [peaks["builtin"]], [peaks["ours"]], "MiB", False))
+            rows.append(
+                Row(f"peak memory {workload_names[workload]}", [peaks["builtin"]], [peaks["ours"]], "MiB", False)
+            )
     else:
         if dtype != torch.float32:
             print("# note: CPU memory workers load the models in fp32")
@@ -550,11 +602,19 @@ def main(argv: list[str] | None = None) -> int:
             name = workload_names[workload]
             rows.append(Row(f"peak RSS {name}", [b["peak_mib"]], [o["peak_mib"]], "MiB", False))
             rows.append(
-                Row(f"  above load {name}", [b["peak_mib"] - b["loaded_mib"]], [o["peak_mib"] - o["loaded_mib"]], "MiB", False)
+                Row(
+                    f"  above load {name}",
+                    [b["peak_mib"] - b["loaded_mib"]],
+                    [o["peak_mib"] - o["loaded_mib"]],
+                    "MiB",
+                    False,
+                )
             )
 
     print()
-    print(f"{'metric':<30} {'built-in':>10} {'ours':>10} {'unit':<8} {'ratio':>7}  {'(ours/built-in)':<26} [min-max built-in / ours]")
+    print(
+        f"{'metric':<30} {'built-in':>10} {'ours':>10} {'unit':<8} {'ratio':>7}  {'(ours/built-in)':<26} [min-max built-in / ours]"
+    )
     for row in rows:
         print(row.format())
     print(memory_note)
