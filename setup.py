@@ -32,6 +32,9 @@ EXTRAS = {
         "scikit-image>=0.22",
         "openai>=1.40",
         "tenacity>=8",
+        # Web demo and its browser test (Playwright drives Debian's chromium; it downloads no browser).
+        "gradio>=5",
+        "playwright>=1.40",
     ],
 }
 
