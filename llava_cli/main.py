@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
     "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
     "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
+    "export": ("hub_upload.export_cli", "Export a training output (model, projector or LoRA adapter) to a Hub-ready folder."),
     "preflight": ("hub_upload.preflight_cli", "Check that an export folder loads and runs for a Hub user, offline."),
     "push": ("hub_upload.push_cli", "Preflight an export folder, then upload it to the Hugging Face Hub."),
 }

@@ -1,0 +1,63 @@
+"""Fixtures of the share-and-use tests: a tiny LLaVA *training output* (model + processor) on disk.
+
+The model comes from the lead's `tests/conftest.py` (`tiny_llava_model`); the tokenizer is a
+character-level one built here, small enough to match the tiny model's 128-token vocabulary.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+
+from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB, tiny_llava_model
+from processing import LlavaProcessor
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+#: A ChatML template that renders typed content and emits `<image>` for image blocks; `{% generation %}`
+#: marks what training supervises. Stands in for the model's own template in these tests.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for block in message['content'] %}"
+    "{% if block['type'] == 'image' %}<image>\n{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: specials 0-3 (pad, bos, eos, unk), printable ASCII, ChatML tokens, `<image>`=127."""
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + chars + CHAT_TOKENS)}
+    assert len(vocab) < TINY_IMAGE_TOKEN_ID
+    vocab[IMAGE_TOKEN] = TINY_IMAGE_TOKEN_ID
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS + [IMAGE_TOKEN]})
+    assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == TINY_IMAGE_TOKEN_ID and len(tokenizer) <= TINY_VOCAB
+    return tokenizer
+
+
+def tiny_processor(image_seq_length: int, chat_template: str = TINY_CHAT_TEMPLATE) -> LlavaProcessor:
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), chat_template=chat_template,
+                          image_token=IMAGE_TOKEN, image_seq_length=image_seq_length)
+
+
+def save_tiny_training_output(folder: Path, seed: int = 0) -> Path:
+    """What a training run leaves: `save_pretrained` of the model and of its processor, in one folder."""
+    model = tiny_llava_model(seed=seed)
+    model.generation_config.eos_token_id = tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    model.save_pretrained(folder)
+    tiny_processor(model.config.image_seq_length).save_pretrained(folder)
+    return folder
