@@ -91,44 +91,51 @@ def main(args_path: str) -> int:
             raise TypeError(f"AutoConfig loaded the built-in {type(config).__name__}, not the remote code")
         return f"{type(config).__name__} (model_type={config.model_type!r})"
 
-    def load_processor():
-        processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)
+    def load_processor(processor_id):
+        processor = AutoProcessor.from_pretrained(processor_id, trust_remote_code=True)
         if not _is_remote(type(processor)):
             raise TypeError(f"AutoProcessor loaded the built-in {type(processor).__name__}, not the remote code")
         if not getattr(processor, "chat_template", None):
             raise ValueError("the processor has no chat template")
         return processor
 
-    def load_adapter():
+    # An adapter repo holds only the adapter: the model and processor come from its base model's repo.
+    model_id = repo_id
+    if adapter:
         from peft import PeftConfig, PeftModel
 
-        peft_config = PeftConfig.from_pretrained(repo_id)
-        base = AutoModelForImageTextToText.from_pretrained(peft_config.base_model_name_or_path, trust_remote_code=True)
-        model = PeftModel.from_pretrained(base, repo_id)
-        return f"PeftModel on {peft_config.base_model_name_or_path} ({type(model.base_model.model).__name__})"
+        model_id = PeftConfig.from_pretrained(repo_id).base_model_name_or_path
 
-    if adapter:
-        check("PeftModel.from_pretrained", load_adapter)
+        def load_adapter():
+            base = AutoModelForImageTextToText.from_pretrained(model_id, trust_remote_code=True)
+            model = PeftModel.from_pretrained(base, repo_id)
+            return model
+
+        model = check("PeftModel.from_pretrained", load_adapter)
+        if model is not None:
+            results[-1]["detail"] = f"PeftModel on {model_id} ({type(model.base_model.model).__name__})"
     else:
+        model = repo_id
         check("AutoConfig", load_config)
         for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
             check(auto_class.__name__, load_remote(auto_class))
-    processor = check("AutoProcessor", load_processor)
-    if processor is not None and not adapter:
-        processor_name = type(processor).__name__
-        results[-1]["detail"] = processor_name
+    processor = check("AutoProcessor", lambda: load_processor(model_id))
+    if processor is not None and model is not None:
+        results[-1]["detail"] = type(processor).__name__ + (f" (from {model_id})" if adapter else "")
         prompt = f"{processor.image_token}\nDescribe this photo."
+        # A model repo goes through the pipeline exactly as a user's `pipeline(task, model=repo_id)` does.
+        pipe_kwargs = {"processor": processor} if adapter else {}
 
         def image_to_text():
-            pipe = pipeline("image-to-text", model=repo_id, trust_remote_code=True)
-            out = pipe(images=image, text=prompt, generate_kwargs=generate_kwargs)
+            pipe = pipeline("image-to-text", model=model, trust_remote_code=True, **pipe_kwargs)
+            out = pipe(images=image, text=prompt, generate_kwargs=generate_kwargs, return_full_text=False)
             text = out[0]["generated_text"]
             if not isinstance(text, str):
                 raise TypeError(f"expected generated text, got {out!r}")
             return repr(text[-120:])
 
         def image_text_to_text():
-            pipe = pipeline("image-text-to-text", model=repo_id, trust_remote_code=True)
+            pipe = pipeline("image-text-to-text", model=model, trust_remote_code=True, **pipe_kwargs)
             messages = [{"role": "user", "content": [
                 {"type": "image", "image": image},
                 {"type": "text", "text": "What is in this picture?"},

@@ -71,7 +71,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 base = AutoModelForImageTextToText.from_pretrained("{base}", trust_remote_code=True)
 model = PeftModel.from_pretrained(base, "{repo_id}")
-processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{base}", trust_remote_code=True)  # processor + chat template
 ```"""
 
 

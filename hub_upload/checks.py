@@ -153,7 +153,7 @@ def check_export_folder(folder: str | Path) -> list[Problem]:
     (single file or index + every shard), the processor (processor_config.json, tokenizer files,
     chat_template.jinja), every remote-code `.py` the auto_maps and relative imports name, and
     the README.md card. An adapter needs adapter_config.json (with its base model),
-    adapter_model.safetensors, the processor files and the card.
+    adapter_model.safetensors and the card.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -166,6 +166,8 @@ def check_export_folder(folder: str | Path) -> list[Problem]:
             problems.append(Problem(ADAPTER_CONFIG_FILE, "base_model_name_or_path is not set"))
         if not (folder / "adapter_model.safetensors").is_file():
             problems.append(Problem("adapter_model.safetensors", "adapter weights are missing"))
+        # The processor comes from the base model's repo: transformers 5.24's AutoProcessor cannot load
+        # from a repo without config.json, and an adapter repo must not have one (it would read as a model).
     else:
         config = _read_json(folder, "config.json", problems)
         if config is not None:
@@ -182,7 +184,7 @@ def check_export_folder(folder: str | Path) -> list[Problem]:
         if not (folder / "generation_config.json").is_file():
             problems.append(Problem("generation_config.json", "required file is missing"))
         _check_weights(folder, problems)
-    _check_processor(folder, problems, python_files)
+        _check_processor(folder, problems, python_files)
     seen: set[str] = set()
     for name in sorted(python_files):
         _check_python_file(folder, name, problems, seen)

@@ -7,8 +7,8 @@ Three kinds of training output are accepted (`detect_source_kind`):
 * **projector** — stage 1's projector-only safetensors file, applied to `--base-model` (the LLaVA
   folder stage 1 started from, e.g. `llava build` output);
 * **adapter** — a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors):
-  exported *as an adapter* whose `base_model_name_or_path` and card name the base model's Hub id,
-  or merged into the base model with `merge=True` and exported as a full model.
+  exported *as an adapter* whose `base_model_name_or_path` and card name the base model's Hub id
+  (the processor and chat template are the base model's), or merged into the base model with `merge=True` and exported as a full model.
 
 A full-model export holds sharded safetensors + index, config.json with the complete `auto_map`,
 the remote-code `.py` files flat beside the weights (written by `save_pretrained` from the
@@ -249,8 +249,7 @@ def _export_adapter(src: Path, staging: Path, options: ExportOptions) -> list[st
     adapter_config["base_model_name_or_path"] = base
     (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     shutil.copy2(weights, staging / weights.name)
-    processor = _load_processor([options.processor, src, options.base_model], options.chat_template)
-    processor.save_pretrained(staging)
+    # No processor files: users load the base model's processor (see `hub_upload.checks`).
     return [base]
 
 
