@@ -60,7 +60,7 @@ class UploadPlan:
 
     def format(self) -> str:
         width = max((len(name) for name, _ in self.files), default=0)
-        lines = [f"files in {self.folder} ({len(self.files)}, {format_size(self.total_bytes)}):"]
+        lines = [f"files in {self.folder} ({len(self.files)} files, {format_size(self.total_bytes)}):"]
         lines += [f"  {name.ljust(width)}  {size:>14,d} B  ({format_size(size)})" for name, size in self.files]
         lines.append("planned operations:")
         lines += [f"  {i}. {op}" for i, op in enumerate(self.operations(), 1)]
