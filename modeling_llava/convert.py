@@ -78,12 +78,16 @@ def config_from_llava_hf(hf_config, state_dict: Mapping[str, torch.Tensor] | Non
     strategy = hf.get("vision_feature_select_strategy", "default")
     if strategy not in _SELECT_STRATEGY_FROM_HF:
         raise ValueError(f"Unknown llava-hf vision_feature_select_strategy {strategy!r}.")
+    select_strategy = _SELECT_STRATEGY_FROM_HF[strategy]
+    vision_type = (hf["vision_config"] if isinstance(hf["vision_config"], dict) else hf["vision_config"].to_dict())["model_type"]
+    if "siglip" in vision_type:
+        select_strategy = "patch"  # no CLS token: llava-hf's "full" keeps every (patch) token
     return LlavaConfig(
         vision_config=hf["vision_config"],
         text_config=hf["text_config"],
         image_token_id=hf.get("image_token_id", hf.get("image_token_index", 32000)),
         vision_feature_layer=hf.get("vision_feature_layer", -2),
-        vision_feature_select_strategy=_SELECT_STRATEGY_FROM_HF[strategy],
+        vision_feature_select_strategy=select_strategy,
         projector_type=projector_type,
         projector_bias=hf.get("multimodal_projector_bias", True),
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
@@ -120,7 +124,10 @@ def config_to_llava_hf(config: LlavaConfig):
         image_token_index=config.image_token_id,
         image_seq_length=config.image_seq_length,
         vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=_SELECT_STRATEGY_TO_HF[config.vision_feature_select_strategy],
+        # llava-hf's "default" drops the first token; without a CLS token (SigLIP) nothing may be dropped.
+        vision_feature_select_strategy=(
+            _SELECT_STRATEGY_TO_HF[config.vision_feature_select_strategy] if config.vision_has_cls_token else "full"
+        ),
         projector_hidden_act="gelu" if depth == 2 else "linear",
         multimodal_projector_bias=config.projector_bias,
         tie_word_embeddings=config.tie_word_embeddings,
@@ -256,3 +263,49 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def read_json(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def state_dict_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an original-LLaVA state dict to ours.
+
+    Raises:
+        ValueError: naming the keys that have no counterpart (nothing is dropped silently).
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        new_key = rename_original_key(key)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = value
+    if unknown:
+        raise ValueError(f"Original LLaVA checkpoint has keys with no counterpart here: {sorted(unknown)[:10]}")
+    return converted
+
+
+def state_dict_to_original(state_dict: Mapping[str, torch.Tensor], config: LlavaConfig) -> dict[str, torch.Tensor]:
+    """Our weights in the original LLaVA layout (`model.mm_projector.*`, `model.vision_tower.vision_tower.*`)."""
+    if config.projector_type == "identity":
+        raise ValueError("The original LLaVA code has no identity projector.")
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith("model.multi_modal_projector."):
+            converted[projector_key_to_original(key, config.projector_type)] = value
+        elif key.startswith("model.vision_tower."):
+            converted["model.vision_tower.vision_tower.vision_model." + key[len("model.vision_tower.") :]] = value
+        elif key.startswith("model.language_model."):
+            converted["model." + key[len("model.language_model.") :]] = value
+        else:
+            converted[key] = value
+    return converted
+
+
+def infer_original_projector_type(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """`linear` for `model.mm_projector.weight`, `mlp<N>x_gelu` for N indexed linear layers."""
+    keys = [key for key in state_dict if projector_key_from_original(key) is not None]
+    if not keys:
+        raise ValueError("No model.mm_projector.* weights found.")
+    weights = [key for key in keys if key.endswith("weight")]
+    if weights == ["model.mm_projector.weight"]:
+        return "linear"
+    return f"mlp{len(weights)}x_gelu"
