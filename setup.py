@@ -51,6 +51,7 @@ setup(
         "hub_upload",
         "datagen",
         "evaluation",
+        "inference",
         "llava_cli",
     ],
     package_data={

@@ -127,11 +127,11 @@ def _resolve_chat_template(value: str, tokenizer) -> str:
     path = Path(value)
     if path.is_file():
         return path.read_text(encoding="utf-8")
-    try:
-        from processing.templates import resolve_chat_template
-    except ImportError as error:  # the template registry ships with the processing package
-        raise ExportError(f"--chat-template {value!r} is not a file, and no template registry is installed.") from error
-    return resolve_chat_template(value, tokenizer)
+    from processing.templates import get_chat_template, list_chat_templates
+
+    if value not in list_chat_templates():
+        raise ExportError(f"--chat-template {value!r} is neither a file nor a template name ({list_chat_templates()}).")
+    return get_chat_template(value, tokenizer)
 
 
 def load_projector_weights(path: str | os.PathLike) -> dict:

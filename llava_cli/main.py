@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
+    "chat": ("inference.chat_cli", "Chat with a model about an image in the terminal (multi-turn, streamed)."),
     "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
     "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
     "export": ("hub_upload.export_cli", "Export a training output (model, projector or LoRA adapter) to a Hub-ready folder."),

@@ -9,26 +9,16 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB, tiny_llava_model
 from processing import LlavaProcessor
+from processing.templates import get_chat_template
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
-
-#: A ChatML template that renders typed content and emits `<image>` for image blocks; `{% generation %}`
-#: marks what training supervises. Stands in for the model's own template in these tests.
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<image>\n{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -39,7 +29,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocab[IMAGE_TOKEN] = TINY_IMAGE_TOKEN_ID
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
+    # No decoder: decoding joins tokens with spaces ("h i"). Streamers flush at spaces, so even a random
+    # model's answers then stream token by token, which the streaming tests rely on.
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
     )
@@ -48,9 +39,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_processor(image_seq_length: int, chat_template: str = TINY_CHAT_TEMPLATE) -> LlavaProcessor:
+def tiny_processor(image_seq_length: int, chat_template: str = "chatml") -> LlavaProcessor:
+    """The processor of the tiny model, with one of the project's named chat templates."""
     image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), chat_template=chat_template,
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(),
+                          chat_template=get_chat_template(chat_template),
                           image_token=IMAGE_TOKEN, image_seq_length=image_seq_length)
 
 
