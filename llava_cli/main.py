@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("hub_upload.export_cli", "Export a training output (model, projector or LoRA adapter) to a Hub-ready folder."),
     "preflight": ("hub_upload.preflight_cli", "Check that an export folder loads and runs for a Hub user, offline."),
     "push": ("hub_upload.push_cli", "Preflight an export folder, then upload it to the Hugging Face Hub."),
+    "serve": ("inference.web_demo", "Serve the visual chat web demo (Gradio) on localhost."),
     "validate": ("processing.validate", "Check a LLaVA JSON/JSONL dataset (images, turns, lengths) before training."),
 }
 
