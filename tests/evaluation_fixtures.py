@@ -91,3 +91,80 @@ class ScriptedJudge:
     def complete(self, messages):
         self.calls.append(messages)
         return ScriptedReply(self.respond(messages, len(self.calls)))
+
+
+# ---------------------------------------------------------------- a tiny image-text model on disk
+_WORDS = (
+    "what is in the image which animal city word force state metal a an cat dog yes no there "
+    "context options answer A B C D E . , ? : is shown capital rhymes moves highlighted N/A"
+).split()
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}:"
+    "{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for block in message['content'] %}"
+    "{% if block['type'] == 'image' %} <image>{% else %} {{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} </s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer built offline (no Hub): specials, `<image>`, and a small vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "user:", "assistant:"]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(specials + _WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_image_text_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random image-text model + processor that load through `AutoModelForImageTextToText`
+    and `AutoProcessor`: CLIP 30x30 / patch 6 (25 image tokens) and a 2-layer Llama.
+
+    transformers' built-in Llava classes stand in for the project's model here: the answering code
+    under test only talks to the Auto classes, `generate` and the processor.
+    """
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=6,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=_CHAT_TEMPLATE)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=30, patch_size=6, projection_dim=16)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-2)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def write_questions(path: Path, image_root: Path, count: int = 5) -> list[dict[str, Any]]:
+    """A question JSONL mixing image and text-only questions; images written under `image_root`."""
+    questions = []
+    for index in range(count):
+        question: dict[str, Any] = {"question_id": f"q{index}", "text": "what is in the image ?" if index % 2 == 0 else "which animal is shown ?"}
+        if index % 2 == 0:
+            name = f"img{index}.png"
+            Image.new("RGB", (32, 32), (50 * index % 255, 120, 200)).save(image_root / name)
+            question["image"] = name
+            question["text"] = "<image>\n" + question["text"]
+        questions.append(question)
+    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return questions
