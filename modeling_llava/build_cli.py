@@ -1,0 +1,65 @@
+"""`llava build`: assemble a fresh LLaVA from a vision checkpoint and a language checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="llava build",
+        description="Assemble a new LLaVA (paper §4.1) from a CLIP/SigLIP checkpoint and a causal LM, with a "
+        "freshly initialised projector, and save it (weights, remote code, processor) into OUT.",
+    )
+    parser.add_argument("out", help="Output folder (must not exist or be empty).")
+    parser.add_argument("--vision", required=True, help="Vision checkpoint: Hub id or folder (e.g. openai/clip-vit-large-patch14).")
+    parser.add_argument(
+        "--language", required=True, help="Causal-LM checkpoint: Hub id, folder, or a .gguf file (e.g. lmsys/vicuna-7b-v1.5)."
+    )
+    parser.add_argument(
+        "--projector-type", default="linear",
+        help="linear (the paper's W), mlp2x_gelu (LLaVA-1.5), mlp<N>x_gelu, or identity. Default: linear.",
+    )
+    parser.add_argument(
+        "--vision-feature-layer", type=int, nargs="+", default=[-2],
+        help="Vision hidden state(s) used as features; several are concatenated. Default: -2 (before the last layer).",
+    )
+    parser.add_argument(
+        "--vision-feature-select-strategy", choices=["patch", "cls_patch"], default="patch",
+        help="patch: drop the CLS token (default); cls_patch: keep it.",
+    )
+    parser.add_argument(
+        "--chat-template", default=None,
+        help="Template name (paper, vicuna_v1, llama2, plain, chatml, own) or a .jinja file. Default: the LLM's own.",
+    )
+    parser.add_argument("--image-aspect-mode", choices=["resize", "pad"], default="resize",
+                        help="resize: the image processor's resize/crop (default); pad: square canvas (LLaVA-1.5).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="Dtype to load and save in. Default: the checkpoints' own.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from .build import build_llava
+    from .convert_checkpoints import atomic_output_dir
+
+    layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
+    model, processor = build_llava(
+        args.vision,
+        args.language,
+        projector_type=args.projector_type,
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=args.vision_feature_select_strategy,
+        chat_template=args.chat_template,
+        image_aspect_mode=args.image_aspect_mode,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+    )
+    with atomic_output_dir(args.out) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"Saved LLaVA ({params / 1e6:.1f}M parameters, {model.config.image_seq_length} image tokens) to {args.out}")
+    return 0

@@ -1,0 +1,177 @@
+"""Behaviour of LlavaForCausalLM on its own: generation, errors, projectors, encoders, dtypes, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import SiglipVisionConfig
+
+from conftest import TINY_IMAGE_TOKEN_ID, tiny_llava_config, tiny_llava_model, tiny_text_config
+from modeling_llava import LlavaConfig, LlavaForCausalLM
+
+N_IMG = 25  # tiny config: (30 // 6) ** 2 patches, CLS dropped
+
+
+def prompt(text_ids: list[int], image_first: bool = True) -> list[int]:
+    image = [TINY_IMAGE_TOKEN_ID] * N_IMG
+    return [1] + (image + text_ids if image_first else text_ids + image)
+
+
+def test_image_seq_length_is_derived_from_vision_config():
+    assert tiny_llava_config().image_seq_length == 25
+    assert tiny_llava_config(vision_feature_select_strategy="cls_patch").image_seq_length == 26
+    with pytest.raises(ValueError, match="image_seq_length=576"):
+        tiny_llava_config(image_seq_length=576)
+
+
+def test_vision_tower_runs_once_per_generate():
+    model = tiny_llava_model()
+    calls = []
+    model.model.vision_tower.embeddings.register_forward_hook(lambda *args: calls.append(1))
+    input_ids = torch.tensor([prompt([5, 6, 7])])
+    out = model.generate(
+        input_ids=input_ids, pixel_values=torch.randn(1, 3, 30, 30), max_new_tokens=6, do_sample=False, eos_token_id=None
+    )
+    assert out.shape[1] == input_ids.shape[1] + 6
+    assert len(calls) == 1
+
+
+def test_left_padded_batched_generation_equals_one_by_one():
+    model = tiny_llava_model(seed=3)
+    prompts = [prompt([5, 6, 7, 8, 9, 10]), prompt([11, 12], image_first=False), prompt([13, 14, 15])]
+    torch.manual_seed(0)
+    images = torch.randn(len(prompts), 3, 30, 30)
+    singles = []
+    for ids, image in zip(prompts, images):
+        out = model.generate(
+            input_ids=torch.tensor([ids]), pixel_values=image[None], max_new_tokens=8, do_sample=False, eos_token_id=None
+        )
+        singles.append(out[0, len(ids) :].tolist())
+    width = max(map(len, prompts))
+    input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    batched = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pixel_values=images,
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    assert batched[:, width:].tolist() == singles
+
+
+def test_several_images_in_one_sample_and_text_only_samples():
+    model = tiny_llava_model()
+    ids = [1, 5] + [TINY_IMAGE_TOKEN_ID] * N_IMG + [6] + [TINY_IMAGE_TOKEN_ID] * N_IMG + [7]
+    out = model(input_ids=torch.tensor([ids]), pixel_values=torch.randn(2, 3, 30, 30))
+    assert out.image_hidden_states.shape == (2, N_IMG, 48)
+    text_only = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+    assert text_only.logits.shape == (1, 4, 128)
+
+
+def test_token_feature_mismatch_names_both_numbers():
+    model = tiny_llava_model()
+    ids = torch.tensor([[1] + [TINY_IMAGE_TOKEN_ID] * 20 + [5]])
+    with pytest.raises(ValueError, match=r"20 image tokens.*25 features"):
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, 30, 30))
+    with pytest.raises(ValueError, match=r"25 image tokens but no pixel_values"):
+        model(input_ids=torch.tensor([prompt([5])]))
+
+
+def test_wrong_pixel_size_is_a_clear_error():
+    model = tiny_llava_model()
+    with pytest.raises(ValueError, match=r"pixel_values have shape \(1, 3, 32, 32\).*\(num_images, 3, 30, 30\)"):
+        model(input_ids=torch.tensor([prompt([5])]), pixel_values=torch.randn(1, 3, 32, 32))
+
+
+def test_unknown_projector_type_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown projector_type 'mlp2x_relu'"):
+        tiny_llava_config(projector_type="mlp2x_relu")
+
+
+@pytest.mark.parametrize(
+    "projector_type, expected_linears", [("linear", 1), ("mlp2x_gelu", 2), ("mlp3x_gelu", 3), ("identity", 0)]
+)
+def test_projector_types(projector_type, expected_linears):
+    text = tiny_text_config(hidden_size=32, num_attention_heads=4) if projector_type == "identity" else tiny_text_config()
+    model = LlavaForCausalLM(tiny_llava_config(projector_type=projector_type, text_config=text.to_dict()))
+    linears = [m for m in model.model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == expected_linears
+    out = model(input_ids=torch.tensor([prompt([5])]), pixel_values=torch.randn(1, 3, 30, 30))
+    assert out.image_hidden_states.shape == (1, N_IMG, text.hidden_size)
+
+
+def test_identity_projector_needs_equal_widths():
+    with pytest.raises(ValueError, match="identity"):
+        tiny_llava_config(projector_type="identity")
+
+
+def test_siglip_vision_encoder_uses_all_patches():
+    siglip = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
+    )
+    config = tiny_llava_config(vision_config=siglip.to_dict(), vision_feature_select_strategy="cls_patch")
+    assert config.image_seq_length == 25  # SigLIP has no CLS token to keep
+    model = LlavaForCausalLM(config)
+    out = model(input_ids=torch.tensor([prompt([5])]), pixel_values=torch.randn(1, 3, 30, 30))
+    assert out.image_hidden_states.shape == (1, 25, 48)
+
+
+def test_gradient_checkpointing_gives_same_loss_and_gradients():
+    model = tiny_llava_model().train()
+    ids = torch.tensor([prompt([5, 6, 7, 8])])
+    pixel_values = torch.randn(1, 3, 30, 30)
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=ids, pixel_values=pixel_values, labels=ids).loss
+        loss.backward()
+        return loss.detach(), model.model.multi_modal_projector.linear_1.weight.grad.clone()
+
+    reference = loss_and_grad()
+    model.activation_checkpointing_enable()
+    checkpointed = loss_and_grad()
+    torch.testing.assert_close(checkpointed[0], reference[0])
+    torch.testing.assert_close(checkpointed[1], reference[1])
+    assert reference[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward(dtype):
+    model = tiny_llava_model().to(dtype)
+    out = model(input_ids=torch.tensor([prompt([5, 6])]), pixel_values=torch.randn(1, 3, 30, 30))
+    assert out.logits.dtype == dtype
+    assert torch.isfinite(out.logits.float()).all()
+
+
+def test_precomputed_vision_features_give_the_same_logits():
+    model = tiny_llava_model()
+    ids = torch.tensor([prompt([5, 6])])
+    pixel_values = torch.randn(1, 3, 30, 30)
+    with torch.no_grad():
+        features = model.model.get_vision_features(pixel_values)
+        expected = model(input_ids=ids, pixel_values=pixel_values).logits
+        actual = model(input_ids=ids, vision_features=features).logits
+    torch.testing.assert_close(actual, expected)
+
+
+def test_save_and_reload_safetensors_roundtrip(tmp_path):
+    model = tiny_llava_model(projector_type="linear")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert {"configuration_llava.py", "modeling_llava.py"} <= {p.name for p in tmp_path.iterdir()}
+    reloaded = LlavaForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(reloaded.config, LlavaConfig) and reloaded.config.model_type == "llava_remote"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+def test_tied_embeddings_follow_text_config(tmp_path):
+    config = tiny_llava_config(text_config=tiny_text_config(tie_word_embeddings=True).to_dict())
+    model = LlavaForCausalLM(config)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    reloaded = LlavaForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
