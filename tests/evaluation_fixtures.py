@@ -96,60 +96,50 @@ class ScriptedJudge:
 # ---------------------------------------------------------------- a tiny image-text model on disk
 _WORDS = (
     "what is in the image which animal city word force state metal a an cat dog yes no there "
-    "context options answer A B C D E . , ? : is shown capital rhymes moves highlighted N/A"
+    "context options answer A B C D E . , ? : is shown capital rhymes moves highlighted N/A ### Human: Assistant:"
 ).split()
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}:"
-    "{% if message['content'] is string %} {{ message['content'] }}"
-    "{% else %}{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %} <image>{% else %} {{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %} </s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
-)
 
 
 def tiny_tokenizer():
-    """A word-level tokenizer built offline (no Hub): specials, `<image>`, and a small vocabulary."""
+    """A word-level tokenizer built offline (no Hub) for the tiny test model of `conftest`: pad 0,
+    bos 1, eos 2, a small vocabulary, unused slots, and `<image>` as the last id (TINY_IMAGE_TOKEN_ID)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "user:", "assistant:"]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(specials + _WORDS))}
+    from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB
+
+    tokens = list(dict.fromkeys(["<pad>", "<s>", "</s>", "<unk>", *_WORDS]))
+    tokens += [f"<unused{i}>" for i in range(TINY_VOCAB - 1 - len(tokens))] + ["<image>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    assert vocab["<image>"] == TINY_IMAGE_TOKEN_ID
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
-    tokenizer.chat_template = _CHAT_TEMPLATE
-    return tokenizer
+
+
+def tiny_model_and_processor(seed: int = 0):
+    """The project's tiny random `LlavaForCausalLM` (conftest: CLIP 30x30 / patch 6, 2-layer Llama)
+    with a matching `LlavaProcessor` using the paper's chat template."""
+    from transformers import CLIPImageProcessor
+
+    from conftest import tiny_llava_model
+    from processing import LlavaProcessor
+    from processing.templates import get_chat_template
+
+    model = tiny_llava_model(seed=seed)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(),
+                               chat_template=get_chat_template("paper"), image_seq_length=model.config.image_seq_length)
+    return model, processor
 
 
 def save_tiny_image_text_model(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random image-text model + processor that load through `AutoModelForImageTextToText`
-    and `AutoProcessor`: CLIP 30x30 / patch 6 (25 image tokens) and a 2-layer Llama.
-
-    transformers' built-in Llava classes stand in for the project's model here: the answering code
-    under test only talks to the Auto classes, `generate` and the processor.
-    """
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    tokenizer = tiny_tokenizer()
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=6,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=_CHAT_TEMPLATE)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=30, patch_size=6, projection_dim=16)
-    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_select_strategy="default", vision_feature_layer=-2)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    """Save the tiny model + processor as a folder that loads through `AutoModelForImageTextToText`
+    and `AutoProcessor` with `trust_remote_code=True`."""
+    model, processor = tiny_model_and_processor(seed)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
