@@ -10,7 +10,7 @@ The reported number is mean(model score) / mean(reference score) × 100, per que
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,17 +66,6 @@ def normalize_type(category: str) -> str:
         return _TYPE_ALIASES[category]
     except KeyError:
         raise ValueError(f"unknown question type {category!r}; expected one of {sorted(_TYPE_ALIASES)}") from None
-
-
-def format_context(captions: Sequence[str], instances: Sequence[dict[str, Any]]) -> str:
-    """Render the symbolic image context: captions, a blank line, then `name: [x1, y1, x2, y2]` lines."""
-    caption_text = "\n".join(captions)
-    box_text = "\n".join(f"{item['category']}: {_format_box(item['bbox'])}" for item in instances)
-    return f"{caption_text}\n\n{box_text}".strip()
-
-
-def _format_box(box: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{float(value):.3f}" for value in box) + "]"
 
 
 def build_judge_messages(
