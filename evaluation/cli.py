@@ -85,9 +85,13 @@ def _answers(args: argparse.Namespace, questions: list[dict[str, Any]], image_ro
         raise ValueError("give --model (to answer the questions) or a predictions file")
     from evaluation.answer import BatchAnswerer, answer_questions, load_model_and_processor
 
+    output = Path(args.output_dir) / "predictions.jsonl"
+    done = ResumableJsonl(output)
+    if all(str(q["question_id"]) in done for q in questions):  # a finished run: no need to load the model
+        return {str(q["question_id"]): done.get(q["question_id"]) for q in questions}
     model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
     answerer = BatchAnswerer(model, processor, GenerationSettings.from_args(args))
-    return answer_questions(questions, answerer, Path(args.output_dir) / "predictions.jsonl", image_root=image_root,
+    return answer_questions(questions, answerer, output, image_root=image_root,
                             batch_size=args.batch_size, model_id=args.model, show_progress=not args.no_progress)
 
 
