@@ -67,10 +67,11 @@ def load_model_and_processor(model_id: str, device: str | None = None, dtype: st
     return model.to(device).eval(), processor
 
 
-def build_messages(text: str, has_image: bool) -> list[dict[str, Any]]:
-    """One user turn with typed content: the image block first (when there is one), then the text."""
+def build_messages(text: str, num_images: int) -> list[dict[str, Any]]:
+    """One user turn with typed content: one image block per image first, then the text (any
+    `<image>` placeholder in `text` is removed: the chat template renders the image blocks)."""
     question = text.replace(IMAGE_PLACEHOLDER, "").strip()
-    content: list[dict[str, Any]] = [{"type": "image"}] if has_image else []
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
     content.append({"type": "text", "text": question})
     return [{"role": "user", "content": content}]
 
@@ -99,7 +100,8 @@ class BatchAnswerer:
 
     def __call__(self, conversations: Sequence[list[dict[str, Any]]], images: Sequence[Any] | None,
                  settings: GenerationSettings | None = None) -> list[str]:
-        """Answer one batch; `images` is one image per conversation, or `None` for a text-only batch."""
+        """Answer one batch. `images` holds the batch's images in the order of their image blocks
+        (one per conversation for question files), or is `None`/empty for a text-only batch."""
         import torch
 
         settings = settings or self.settings
@@ -164,7 +166,7 @@ def answer_questions(
     for group in (with_image, text_only):
         for start in range(0, len(group), batch_size):
             batch = group[start:start + batch_size]
-            conversations = [build_messages(q["text"], bool(q.get("image"))) for q in batch]
+            conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
             images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
             answers = answerer(conversations, images)
             if len(answers) != len(batch):
