@@ -105,11 +105,48 @@ def plan_requests(
     return todo, skipped
 
 
-def done_keys(output: AppendOnlyJsonl, rejected: AppendOnlyJsonl, retry_rejected: bool) -> set[tuple[str, str]]:
-    keys = {(r["image_id"], r["type"]) for r in output.records}
+def done_keys(
+    accepted: list[dict[str, Any]], rejected: list[dict[str, Any]], retry_rejected: bool
+) -> set[tuple[str, str]]:
+    """(image id, type) pairs a run must skip: accepted ones, and content rejections unless retried."""
+    keys = {(r["image_id"], r["type"]) for r in accepted}
     if not retry_rejected:
-        keys |= {(r["image_id"], r["type"]) for r in rejected.records if r.get("kind") == "content"}
+        keys |= {(r["image_id"], r["type"]) for r in rejected if r.get("kind") == "content"}
     return keys
+
+
+def _peek_records(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of an output file, without repairing it (for `--dry-run`)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1] if line.strip()]
+
+
+def _record_outcome(
+    future: Future,
+    context: ImageContext,
+    response_type: str,
+    seed: int,
+    accepted_file: AppendOnlyJsonl,
+    rejected_file: AppendOnlyJsonl,
+    summary: GenerationSummary,
+) -> TokenUsage:
+    """Append the result of one finished request to the right file; return the tokens it used."""
+    key = {"image_id": context.id, "type": response_type}
+    try:
+        reply = future.result()
+    except TeacherError as err:
+        rejected_file.append({**key, "kind": "request", "reason": f"request failed: {err}"})
+        summary.add_rejection("request failed")
+        return TokenUsage()
+    category, reason, sample = judge_reply(reply, response_type, context, seed)
+    if sample is not None:
+        accepted_file.append(sample)
+        summary.accepted += 1
+    else:
+        rejected_file.append({**key, "kind": "content", "reason": reason, "finish_reason": reply.finish_reason, "text": reply.text})
+        summary.add_rejection(category)
+    return reply.usage
 
 
 def run_generation(
@@ -137,7 +174,7 @@ def run_generation(
     usage = TokenUsage()
     with AppendOnlyJsonl(output) as accepted_file, AppendOnlyJsonl(rejected_path(output)) as rejected_file:
         summary.dropped_torn_lines = sum(f.dropped_torn_line is not None for f in (accepted_file, rejected_file))
-        todo, summary.skipped_done = plan_requests(contexts, types, done_keys(accepted_file, rejected_file, retry_rejected))
+        todo, summary.skipped_done = plan_requests(contexts, types, done_keys(accepted_file.records, rejected_file.records, retry_rejected))
         summary.planned = len(todo)
 
         def request(context: ImageContext, response_type: str) -> TeacherReply:
@@ -157,23 +194,7 @@ def run_generation(
                     finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in finished:
                         context, response_type = in_flight.pop(future)
-                        key = {"image_id": context.id, "type": response_type}
-                        try:
-                            reply = future.result()
-                        except TeacherError as err:
-                            rejected_file.append({**key, "kind": "request", "reason": f"request failed: {err}"})
-                            summary.add_rejection("request failed")
-                        else:
-                            usage = usage + reply.usage
-                            category, reason, sample = judge_reply(reply, response_type, context, seed)
-                            if sample is not None:
-                                accepted_file.append(sample)
-                                summary.accepted += 1
-                            else:
-                                rejected_file.append(
-                                    {**key, "kind": "content", "reason": reason, "finish_reason": reply.finish_reason, "text": reply.text}
-                                )
-                                summary.add_rejection(category)
+                        usage += _record_outcome(future, context, response_type, seed, accepted_file, rejected_file, summary)
                         bar.update(1)
             except BaseException:
                 for future in in_flight:
@@ -250,16 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         # Read without repairing: a dry run must not modify the output files.
-        done = set()
-        for path, content_only in ((Path(args.output), False), (rejected_path(args.output), True)):
-            if path.exists():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if not content_only or (record.get("kind") == "content" and not args.retry_rejected):
-                        done.add((record["image_id"], record["type"]))
+        done = done_keys(_peek_records(Path(args.output)), _peek_records(rejected_path(args.output)), args.retry_rejected)
         todo, skipped = plan_requests(contexts, types, done)
         if todo:
             context, response_type = todo[0]

@@ -16,7 +16,7 @@ Use from tests:
     with ChatServer(spec) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="test")
         ...
-        server.requests()  # every request received so far: [{"path", "body", "served"}, ...]
+        server.requests()  # every request received so far: [{"path", "body", "served", "time"}, ...]
 
 or with the pytest fixture `chat_server` (import it into the test module): `chat_server(spec)` starts a
 server that is stopped after the test.
@@ -120,7 +120,9 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 return
             fault, response = state.pick(messages)
             with state.lock:
-                state.log.append({"path": self.path, "body": body, "served": fault["kind"] if fault else "reply"})
+                state.log.append(
+                    {"path": self.path, "body": body, "served": fault["kind"] if fault else "reply", "time": time.time()}
+                )
             if not self.path.endswith("/chat/completions"):
                 self._send(404, b'{"error": {"message": "unknown path"}}')
                 return
