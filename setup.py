@@ -45,6 +45,7 @@ setup(
     packages=[
         "modeling_llava",
         "processing",
+        "processing.templates",
         "training",
         "hub_upload",
         "datagen",
@@ -52,7 +53,8 @@ setup(
         "llava_cli",
     ],
     package_data={
-        "processing": ["templates/*.jinja", "data/*"],
+        "processing": ["data/*"],
+        "processing.templates": ["*.jinja"],
         "training": ["configs/*.yaml", "configs/accelerate/*.yaml"],
         "datagen": ["prompts/*"],
     },
