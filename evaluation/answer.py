@@ -156,31 +156,31 @@ def answer_questions(
             raise ValueError(f"question_id {question_id!r} appears more than once in the question file")
         seen.add(question_id)
 
-    store = ResumableJsonl(output_path)
-    todo = [q for q in questions if str(q["question_id"]) not in store]
-    with_image = [q for q in todo if q.get("image")]
-    text_only = [q for q in todo if not q.get("image")]
-    settings = getattr(answerer, "settings", None)
-    generation = asdict(settings) if settings is not None else None
-    progress = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering", unit="q", disable=not show_progress)
-    for group in (with_image, text_only):
-        for start in range(0, len(group), batch_size):
-            batch = group[start:start + batch_size]
-            conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
-            images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
-            answers = answerer(conversations, images)
-            if len(answers) != len(batch):
-                raise RuntimeError(f"the answerer returned {len(answers)} answers for a batch of {len(batch)}")
-            for question, answer in zip(batch, answers):
-                store.append(
-                    {
-                        "question_id": question["question_id"],
-                        "prompt": question["text"],
-                        "text": answer,
-                        "model_id": model_id,
-                        "generation": generation,
-                    }
-                )
-            progress.update(len(batch))
-    progress.close()
-    return {str(q["question_id"]): store.get(q["question_id"]) for q in questions}
+    with ResumableJsonl(output_path) as store:
+        todo = [q for q in questions if str(q["question_id"]) not in store]
+        with_image = [q for q in todo if q.get("image")]
+        text_only = [q for q in todo if not q.get("image")]
+        settings = getattr(answerer, "settings", None)
+        generation = asdict(settings) if settings is not None else None
+        progress = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering", unit="q", disable=not show_progress)
+        for group in (with_image, text_only):
+            for start in range(0, len(group), batch_size):
+                batch = group[start:start + batch_size]
+                conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
+                images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
+                answers = answerer(conversations, images)
+                if len(answers) != len(batch):
+                    raise RuntimeError(f"the answerer returned {len(answers)} answers for a batch of {len(batch)}")
+                for question, answer in zip(batch, answers):
+                    store.append(
+                        {
+                            "question_id": question["question_id"],
+                            "prompt": question["text"],
+                            "text": answer,
+                            "model_id": model_id,
+                            "generation": generation,
+                        }
+                    )
+                progress.update(len(batch))
+        progress.close()
+        return {str(q["question_id"]): store.get(q["question_id"]) for q in questions}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.answer import GenerationSettings
-from evaluation.io import ResumableJsonl, read_jsonl, read_records, require_keys, write_text_atomic
+from evaluation.io import ResumableJsonl, read_records, require_keys
+from processing.jsonio import write_records
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _answers(args: argparse.Namespace, questions: list[dict[str, Any]], image_ro
     into OUTPUT_DIR/predictions.jsonl (resuming whatever an earlier run of it finished)."""
     if args.answers:
         records = {}
-        for index, record in enumerate(read_jsonl(args.answers)):
+        for index, record in enumerate(read_records(args.answers)):
             require_keys(record, ["question_id", "text"], f"{args.answers}, record {index + 1}")
             records[str(record["question_id"])] = record
         missing = [str(q["question_id"]) for q in questions if str(q["question_id"]) not in records]
@@ -86,9 +87,9 @@ def _answers(args: argparse.Namespace, questions: list[dict[str, Any]], image_ro
     from evaluation.answer import BatchAnswerer, answer_questions, load_model_and_processor
 
     output = Path(args.output_dir) / "predictions.jsonl"
-    done = ResumableJsonl(output)
-    if all(str(q["question_id"]) in done for q in questions):  # a finished run: no need to load the model
-        return {str(q["question_id"]): done.get(q["question_id"]) for q in questions}
+    with ResumableJsonl(output) as done:
+        if all(str(q["question_id"]) in done for q in questions):  # a finished run: no need to load the model
+            return {str(q["question_id"]): done.get(q["question_id"]) for q in questions}
     model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
     answerer = BatchAnswerer(model, processor, GenerationSettings.from_args(args))
     return answer_questions(questions, answerer, output, image_root=image_root,
@@ -126,12 +127,12 @@ def run_judge(args: argparse.Namespace) -> int:
     from evaluation.judge import JudgeItem, judge_one, normalize_type, relative_scores, review_key
     from evaluation.report import judge_table, render_examples, write_metrics, write_report
 
-    questions = _limited(read_jsonl(args.questions), args.limit)
+    questions = _limited(read_records(args.questions), args.limit)
     for index, question in enumerate(questions):
         require_keys(question, ["question_id", "text", "image", "category"], f"{args.questions}, record {index + 1}")
         normalize_type(question["category"])
     contexts = _load_judge_contexts(args.contexts)
-    references = {str(r["question_id"]): r["text"] for r in read_jsonl(args.references)}
+    references = {str(r["question_id"]): r["text"] for r in read_records(args.references)}
     for question in questions:
         if question["image"] not in contexts:
             raise ValueError(f"{args.contexts}: no context for image {question['image']!r} (question {question['question_id']})")
@@ -141,24 +142,23 @@ def run_judge(args: argparse.Namespace) -> int:
     answers = _answers(args, questions, args.image_root)
 
     orders = ("reference_first", "model_first") if args.swap else ("reference_first",)
-    store = ResumableJsonl(Path(args.output_dir) / "reviews.jsonl", key="key")
-    todo = [(q, order) for q in questions for order in orders if review_key(str(q["question_id"]), order) not in store]
     from datagen.teachers import TeacherError
 
-    for question, order in tqdm(todo, desc="judging", disable=args.no_progress):
-        question_id = str(question["question_id"])
-        item = JudgeItem(question_id, question["category"], question["text"].replace("<image>", "").strip(),
-                         contexts[question["image"]], references[question_id], answers[question_id]["text"])
-        try:
-            review = judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=args.judge_attempts)
-        except TeacherError as error:
-            print(f"llava eval judge: the judge failed on question {question_id}: {error}\n"
-                  f"(finished reviews are kept in {store.path}; rerun the same command to resume)", file=sys.stderr)
-            return 1
-        store.append({"key": review_key(question_id, order), **review})
-
-    wanted = {review_key(str(q["question_id"]), order) for q in questions for order in orders}
-    reviews = [review for review in store if review["key"] in wanted]
+    with ResumableJsonl(Path(args.output_dir) / "reviews.jsonl", key="key") as store:
+        todo = [(q, order) for q in questions for order in orders if review_key(str(q["question_id"]), order) not in store]
+        for question, order in tqdm(todo, desc="judging", disable=args.no_progress):
+            question_id = str(question["question_id"])
+            item = JudgeItem(question_id, question["category"], question["text"].replace("<image>", "").strip(),
+                             contexts[question["image"]], references[question_id], answers[question_id]["text"])
+            try:
+                review = judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=args.judge_attempts)
+            except TeacherError as error:
+                print(f"llava eval judge: the judge failed on question {question_id}: {error}\n"
+                      f"(finished reviews are kept in {store.path}; rerun the same command to resume)", file=sys.stderr)
+                return 1
+            store.append({"key": review_key(question_id, order), **review})
+        wanted = {review_key(str(q["question_id"]), order) for q in questions for order in orders}
+        reviews = [review for review in store if review["key"] in wanted]
     results = relative_scores(reviews)
     metrics = {"task": "judge", "model": _model_name(args), "judge": judge_id, "position_swap": args.swap,
                "questions": len(questions), "results": results}
@@ -190,7 +190,7 @@ def run_judge(args: argparse.Namespace) -> int:
 def _load_teacher_predictions(path: str) -> dict[str, str]:
     """Teacher predictions: JSONL `{question_id, text}`, or JSON `{"outputs": {pid: text}}` / `{pid: text}`."""
     if path.endswith(".jsonl"):
-        return {str(r["question_id"]): r["text"] for r in read_jsonl(path)}
+        return {str(r["question_id"]): r["text"] for r in read_records(path)}
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     data = data.get("outputs", data) if isinstance(data, dict) else data
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
@@ -209,7 +209,7 @@ def run_scienceqa(args: argparse.Namespace) -> int:
     questions = [{"question_id": r["id"], "text": r["conversations"][0]["value"], **({"image": r["image"]} if "image" in r else {})}
                  for r in records]
     output_dir = Path(args.output_dir)
-    write_text_atomic(output_dir / "questions.jsonl", "".join(json.dumps(q) + "\n" for q in questions))
+    write_records(output_dir / "questions.jsonl", questions)
     answers = _answers(args, questions, args.data)
     our_texts = {pid: answers[pid]["text"] for pid in problems}
     ours = {pid: extract_answer(our_texts[pid], len(problems[pid]["choices"])) for pid in problems}
@@ -228,8 +228,7 @@ def run_scienceqa(args: argparse.Namespace) -> int:
             final, decisions = ensemble_judge(problems, ours, teacher, our_texts, teacher_texts, judge,
                                               judge_id=judge_id, max_attempts=args.judge_attempts)
             rows["ours + teacher (judge)"] = accuracy_by_category(problems, final)
-            write_text_atomic(output_dir / "ensemble_decisions.jsonl",
-                              "".join(json.dumps(d) + "\n" for d in decisions))
+            write_records(output_dir / "ensemble_decisions.jsonl", decisions)
             metrics.update(judge=judge_id, arbitrated=len(decisions), arbiter_fallbacks=sum(d["fallback"] for d in decisions))
     metrics["results"] = rows
     write_metrics(output_dir, metrics)
@@ -258,7 +257,7 @@ def run_pope(args: argparse.Namespace) -> int:
     from evaluation.pope import parse_yes_no, pope_metrics
     from evaluation.report import pope_table, render_examples, write_metrics, write_report
 
-    questions = _limited(read_jsonl(args.questions), args.limit)
+    questions = _limited(read_records(args.questions), args.limit)
     for index, question in enumerate(questions):
         require_keys(question, ["question_id", "text", "label"], f"{args.questions}, record {index + 1}")
         if question["label"] not in ("yes", "no"):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.io import write_json_atomic, write_text_atomic
+from evaluation.io import write_atomic, write_json_atomic
 from evaluation.judge import QUESTION_TYPES
 
 THUMBNAIL_SIZE = (256, 256)
@@ -96,5 +96,5 @@ def write_report(output_dir: str | os.PathLike, title: str, sections: Sequence[t
     for heading, body in sections:
         parts += [f"## {heading}", "", body.rstrip(), ""]
     path = Path(output_dir) / "report.md"
-    write_text_atomic(path, "\n".join(parts))
+    write_atomic(path, "\n".join(parts))
     return path

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from evaluation.answer import BatchAnswerer, GenerationSettings, answer_questions, load_model_and_processor, truncate_at_stops
-from evaluation.io import read_jsonl
+from processing.jsonio import read_records
 from evaluation_fixtures import save_tiny_image_text_model, write_questions
 
 
@@ -49,7 +49,7 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
     first = CountingAnswerer(tiny_answerer, fail_on_call=2)
     with pytest.raises(KeyboardInterrupt):
         answer_questions(questions, first, output, image_root=tmp_path, batch_size=2, show_progress=False)
-    kept = read_jsonl(output)
+    kept = read_records(output)
     assert [r["question_id"] for r in kept] == ["q0", "q2"]  # the first batch survived the interruption
 
     # A crash in the middle of a write leaves a partial last line: it is dropped and recomputed.
@@ -59,7 +59,7 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
     predictions = answer_questions(questions, second, output, image_root=tmp_path, batch_size=2, show_progress=False)
     assert second.answered == 3  # q4, q1, q3: nothing answered twice
     assert list(predictions) == ["q0", "q1", "q2", "q3", "q4"]
-    final = read_jsonl(output)
+    final = read_records(output)
     assert sorted(r["question_id"] for r in final) == ["q0", "q1", "q2", "q3", "q4"]
     assert final[:2] == kept  # earlier predictions kept byte for byte
 

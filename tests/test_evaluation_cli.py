@@ -15,7 +15,7 @@ from PIL import Image
 
 from chat_server import chat_server  # noqa: F401  (pytest fixture)
 from evaluation.cli import main as eval_main
-from evaluation.io import read_jsonl
+from processing.jsonio import read_records
 from evaluation_fixtures import save_tiny_image_text_model, write_scienceqa
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +93,11 @@ def test_judge_end_to_end_through_loopback_server(tmp_path, tiny_model_dir, chat
     assert results["complex"] == {"relative_score": None, "model_mean": None, "reference_mean": None, "count": 0, "unscored": 1}
     assert results["all"]["relative_score"] == pytest.approx((17.5 / 3) / (25.5 / 3) * 100)
 
-    reviews = read_jsonl(out / "reviews.jsonl")
+    reviews = read_records(out / "reviews.jsonl")
     assert len(reviews) == 8 and all(r["judge"] == metrics["judge"] for r in reviews)
     q2 = [r for r in reviews if r["question_id"] == "q2"]
     assert all(r["scores"] is None and r["attempts"] == 3 and "unparseable" in r["error"] for r in q2)
-    predictions = read_jsonl(out / "predictions.jsonl")
+    predictions = read_records(out / "predictions.jsonl")
     assert sorted(p["question_id"] for p in predictions) == ["q0", "q1", "q2", "q3"]
 
     report = (out / "report.md").read_text()
@@ -109,7 +109,7 @@ def test_judge_end_to_end_through_loopback_server(tmp_path, tiny_model_dir, chat
     monkeypatch.setenv(KEY_ENV, "test-key")
     assert eval_main(command[command.index("judge"):]) == 0
     assert len(server.requests()) == len(requests)
-    assert read_jsonl(out / "predictions.jsonl") == predictions
+    assert read_records(out / "predictions.jsonl") == predictions
 
 
 def test_scienceqa_cli_with_both_ensembles(tmp_path, chat_server, monkeypatch, capsys):
@@ -142,7 +142,7 @@ def test_scienceqa_cli_with_both_ensembles(tmp_path, chat_server, monkeypatch, c
     # Judge: p1 (A vs none) -> A; p2 unparseable twice -> teacher's B; p3 -> C; p4 -> A; p5 -> A (wrong).
     assert rows["ours + teacher (judge)"]["average"]["correct"] == 5
     assert metrics["arbitrated"] == 5 and metrics["arbiter_fallbacks"] == 1 and "teacher-gpt" in metrics["judge"]
-    decisions = read_jsonl(out / "ensemble_decisions.jsonl")
+    decisions = read_records(out / "ensemble_decisions.jsonl")
     assert {d["question_id"]: d["decided"] for d in decisions} == {"p1": "A", "p2": "B", "p3": "C", "p4": "A", "p5": "A"}
     report = (out / "report.md").read_text()
     assert "| Method | NAT | SOC | LAN | TXT | IMG | NO | G1-6 | G7-12 | Avg |" in report
@@ -157,12 +157,12 @@ def test_scienceqa_cli_answers_with_the_model(tmp_path, tiny_model_dir):
     code = eval_main(["scienceqa", "--model", str(tiny_model_dir), "--data", str(data), "--answer-first",
                       "--max-new-tokens", "3", "--batch-size", "4", "--output-dir", str(out), "--no-progress"])
     assert code == 0
-    predictions = read_jsonl(out / "predictions.jsonl")
+    predictions = read_records(out / "predictions.jsonl")
     assert sorted(p["question_id"] for p in predictions) == ["p1", "p2", "p3", "p4", "p5", "p6"]
     metrics = json.loads((out / "metrics.json").read_text())
     row = next(iter(metrics["results"].values()))
     assert metrics["variant"] == "answer first" and row["average"]["total"] == 6 and row["IMG"]["total"] == 3
-    questions = read_jsonl(out / "questions.jsonl")
+    questions = read_records(out / "questions.jsonl")
     assert questions[0]["text"].startswith("<image>\nWhich animal is shown?") and questions[0]["image"] == "images/test/p1/image.png"
 
 
