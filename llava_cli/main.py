@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "answer": ("inference.answer_cli", "Answer a JSONL file of questions with a model (batched, resumable, progress bar)."),
     "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
     "chat": ("inference.chat_cli", "Chat with a model about an image in the terminal (multi-turn, streamed)."),
     "coco-contexts": ("processing.coco", "COCO captions + instances -> teacher contexts JSONL (captions and 0-1 boxes)."),
