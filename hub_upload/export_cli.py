@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", action="append", default=[], help="extra card tag (repeatable)")
     parser.add_argument("--metrics", action="append", default=[], metavar="PATH",
                         help="metrics.json of an evaluation (repeatable); its numbers go into the card's model-index")
+    parser.add_argument("--llava-hf-out", default=None, metavar="DIR",
+                        help="also write the model in the llava-hf format (transformers' built-in LlavaForConditionalGeneration) to DIR")
     parser.add_argument("--preflight", action="store_true", help="run `llava preflight OUT` after exporting")
     return parser
 
@@ -67,6 +69,14 @@ def main(argv: list[str]) -> int:
     print(f"exported {args.src} -> {out} ({len(files)} files, {format_size(sum(s for _, s in files))})")
     for name, size in files:
         print(f"  {name}  ({format_size(size)})")
+    if args.llava_hf_out:
+        from modeling_llava.convert_checkpoints import to_llava_hf
+
+        if (out / "adapter_config.json").is_file():
+            print("llava export: --llava-hf-out needs a full model; merge the adapter with --merge.", file=sys.stderr)
+            return 1
+        to_llava_hf(out, args.llava_hf_out)  # atomic, like the export itself
+        print(f"llava-hf format -> {args.llava_hf_out}")
     if args.preflight:
         from hub_upload.preflight import run_preflight
 

@@ -53,6 +53,7 @@ def exported(training_output, tmp_path_factory) -> tuple[Path, subprocess.Comple
     result = run_cli("export", str(training_output), str(out), "--max-shard-size", "100KB",
                      "--repo-id", "me/tiny-llava", "--license", "apache-2.0",
                      "--dataset", "liuhaotian/LLaVA-Instruct-150K", "--metrics", str(metrics),
+                     "--llava-hf-out", str(work / "tiny-llava-hf"),
                      *[arg for base in BASE_IDS for arg in ("--base-model-id", base)])
     assert result.returncode == 0, result.stderr
     return out, result
@@ -80,6 +81,17 @@ def test_export_writes_a_hub_ready_folder(exported, training_output):
     # Nothing but the final folder is left beside it.
     assert not find_stale_staging_dirs(out)
     assert "README.md" in result.stdout and "model.safetensors.index.json" in result.stdout
+
+
+def test_llava_hf_copy_in_a_separate_folder(exported):
+    from transformers import LlavaForConditionalGeneration
+
+    out, _ = exported
+    hf_folder = out.parent / "tiny-llava-hf"
+    assert json.loads((hf_folder / "config.json").read_text())["model_type"] == "llava"
+    assert not list(hf_folder.glob("*.py"))  # built-in classes: no remote code
+    model = LlavaForConditionalGeneration.from_pretrained(hf_folder)
+    assert model.config.image_token_id == json.loads((out / "config.json").read_text())["image_token_id"]
 
 
 def test_model_card_metadata(exported):
