@@ -43,6 +43,12 @@ def main(argv: list[str]) -> int:
         print(f"llava push: {error}", file=sys.stderr)
         return 2
     print(plan.format())
+    try:
+        # Before the (slow) preflight: a missing login should not cost a model load to find out.
+        token = None if args.dry_run else resolve_token()
+    except PushError as error:
+        print(f"llava push: {error}", file=sys.stderr)
+        return 1
     report = run_preflight(plan.folder, repo_id=plan.repo_id, image=args.image, base_model=args.base_model,
                            timeout=args.timeout)
     print(report.format())
@@ -53,7 +59,7 @@ def main(argv: list[str]) -> int:
         print("dry run: nothing was sent to the Hub.")
         return 0
     try:
-        url = push_folder(plan, resolve_token())
+        url = push_folder(plan, token)
     except PushError as error:
         print(f"llava push: {error}", file=sys.stderr)
         return 1

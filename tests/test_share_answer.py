@@ -58,9 +58,22 @@ def batched(setup, tmp_path_factory) -> Path:
     return output
 
 
-def test_batched_answers_equal_one_by_one_answers(setup, batched, tmp_path):
-    single = answer(setup, tmp_path / "single.jsonl", batch_size=1)
-    assert single.returncode == 0, single.stderr
+def answer_in_process(setup, output: Path, batch_size: int) -> None:
+    """The same answering the CLI does, without a new interpreter (what `llava answer` composes)."""
+    from evaluation.answer import BatchAnswerer, GenerationSettings, answer_questions, load_model_and_processor
+    from inference.answer_cli import StopTrimmingAnswerer
+    from inference.chat import template_stop_string
+
+    model_dir, images, questions = setup
+    model, processor = load_model_and_processor(str(model_dir), device="cpu")
+    answerer = StopTrimmingAnswerer(BatchAnswerer(model, processor, GenerationSettings(max_new_tokens=10)),
+                                    template_stop_string(processor))
+    answer_questions(QUESTIONS, answerer, output, image_root=images, batch_size=batch_size, model_id=str(model_dir),
+                     show_progress=False)
+
+
+def test_batched_answers_equal_one_by_one_answers(batched, setup, tmp_path):
+    answer_in_process(setup, tmp_path / "single.jsonl", batch_size=1)
     by_batch, one_by_one = read_answers(batched), read_answers(tmp_path / "single.jsonl")
     assert sorted(by_batch) == [q["question_id"] for q in QUESTIONS]
     # Left padding done right: a prompt's answer does not depend on its batch-mates' lengths.
@@ -72,18 +85,18 @@ def test_rerun_answers_only_what_is_missing(setup, batched, tmp_path):
     output = tmp_path / "answers.jsonl"
     lines = batched.read_text().splitlines()
     output.write_text("\n".join(lines[:2]) + "\n")  # as if interrupted after the first batch
-    again = answer(setup, output, batch_size=2)
-    assert again.returncode == 0, again.stderr
+    answer_in_process(setup, output, batch_size=2)
     resumed = output.read_text().splitlines()
     assert resumed[:2] == lines[:2] and len(resumed) == len(QUESTIONS)
     assert read_answers(output) == {r["question_id"]: r["text"] for r in map(json.loads, lines)}
 
 
-def test_missing_image_is_named(setup, tmp_path):
+def test_missing_image_is_named(setup, tmp_path, capsys):
+    from inference.answer_cli import main
+
     model_dir, images, _ = setup
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question_id": "x", "text": "What?", "image": "nope.png"}) + "\n")
-    result = subprocess.run([sys.executable, "-m", "llava_cli", "answer", "--model", str(model_dir), "--questions",
-                             str(questions), "--image-root", str(images), "--output", str(tmp_path / "a.jsonl")],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and "nope.png" in result.stderr
+    code = main(["--model", str(model_dir), "--questions", str(questions), "--image-root", str(images),
+                 "--output", str(tmp_path / "a.jsonl"), "--device", "cpu"])
+    assert code == 1 and "nope.png" in capsys.readouterr().err

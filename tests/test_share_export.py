@@ -53,7 +53,7 @@ def exported(training_output, tmp_path_factory) -> tuple[Path, subprocess.Comple
     result = run_cli("export", str(training_output), str(out), "--max-shard-size", "100KB",
                      "--repo-id", "me/tiny-llava", "--license", "apache-2.0",
                      "--dataset", "liuhaotian/LLaVA-Instruct-150K", "--metrics", str(metrics),
-                     "--llava-hf-out", str(work / "tiny-llava-hf"),
+                     "--llava-hf-out", str(work / "tiny-llava-hf"), "--preflight",
                      *[arg for base in BASE_IDS for arg in ("--base-model-id", base)])
     assert result.returncode == 0, result.stderr
     return out, result
@@ -117,13 +117,11 @@ def test_card_base_models_default_to_the_checkpoints_the_model_was_built_from(tm
 
 
 def test_preflight_passes_on_the_export(exported):
-    out, _ = exported
-    result = run_cli("preflight", str(out), "--repo-id", "me/tiny-llava")
-    assert result.returncode == 0, result.stdout + result.stderr
+    _, result = exported  # `llava export ... --preflight` ran `llava preflight OUT` as its last step
     for check in ["AutoConfig", "AutoModel ", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoProcessor",
                   'pipeline("image-to-text")', 'pipeline("image-text-to-text")']:
         assert f"ok    {check}" in result.stdout, check
-    assert "preflight PASSED" in result.stdout
+    assert "preflight of" in result.stdout and "as 'me/tiny-llava'" in result.stdout and "preflight PASSED" in result.stdout
 
 
 @pytest.mark.parametrize("missing", REQUIRED_FILES)
