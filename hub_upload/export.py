@@ -92,9 +92,17 @@ def _torch_dtype(name: str):
 
 
 def _load_model(folder: str | os.PathLike, dtype: str):
-    from modeling_llava import LlavaForCausalLM
+    from modeling_llava import LlavaConfig, LlavaForCausalLM
 
-    model, info = LlavaForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype), output_loading_info=True)
+    config = LlavaConfig.from_pretrained(folder)
+    quantization = getattr(config.text_config, "quantization_config", None)
+    if isinstance(quantization, dict) and quantization.get("quant_method") == "gguf":
+        # A model built from a .gguf LLM carries the GGUF loader's note in its text config, although its
+        # saved weights are plain dequantized tensors; left in, transformers treats the model as
+        # quantized and refuses to save it (and Hub users would be told it is GGUF).
+        del config.text_config.quantization_config
+    model, info = LlavaForCausalLM.from_pretrained(folder, config=config, dtype=_torch_dtype(dtype),
+                                                   output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight" or not model.config.tie_word_embeddings]
     if missing or info.get("mismatched_keys"):
         raise ExportError(f"{folder}: weights do not match its config.json (missing: {sorted(missing)[:8]}, "
@@ -124,14 +132,18 @@ def _load_processor(candidates: list[str | os.PathLike], chat_template: str | No
 
 
 def _resolve_chat_template(value: str, tokenizer) -> str:
-    path = Path(value)
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    from processing.templates import get_chat_template, list_chat_templates
+    """A `.jinja` file's text, or a template name / Jinja string as `processing.templates` resolves it."""
+    from processing.templates import resolve_chat_template
 
-    if value not in list_chat_templates():
-        raise ExportError(f"--chat-template {value!r} is neither a file nor a template name ({list_chat_templates()}).")
-    return get_chat_template(value, tokenizer)
+    path = Path(value)
+    if path.suffix == ".jinja" or path.is_file():
+        if not path.is_file():
+            raise ExportError(f"--chat-template {value}: file not found.")
+        return path.read_text(encoding="utf-8")
+    try:
+        return resolve_chat_template(value, tokenizer)
+    except ValueError as error:
+        raise ExportError(f"--chat-template: {error}") from error
 
 
 def load_projector_weights(path: str | os.PathLike) -> dict:
