@@ -47,10 +47,36 @@ def tiny_processor(image_seq_length: int, chat_template: str = "chatml") -> Llav
                           image_token=IMAGE_TOKEN, image_seq_length=image_seq_length)
 
 
-def save_tiny_training_output(folder: Path, seed: int = 0) -> Path:
-    """What a training run leaves: `save_pretrained` of the model and of its processor, in one folder."""
+def train_a_few_steps(model, processor, steps: int) -> None:
+    """A few real AdamW steps on one conversation about a real photo (the answer tokens supervised)."""
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this photo?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "An astronaut in an orange suit."}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False)
+    batch = processor(images=[Image.fromarray(data.astronaut())], text=text, return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    labels[labels == processor.image_token_id] = -100
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def save_tiny_training_output(folder: Path, seed: int = 0, train_steps: int = 3) -> Path:
+    """What a training run leaves: `save_pretrained` of a (briefly trained) model and of its processor."""
     model = tiny_llava_model(seed=seed)
-    model.generation_config.eos_token_id = tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    processor = tiny_processor(model.config.image_seq_length)
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    train_a_few_steps(model, processor, train_steps)
     model.save_pretrained(folder)
-    tiny_processor(model.config.image_seq_length).save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

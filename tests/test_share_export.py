@@ -78,6 +78,9 @@ def test_export_writes_a_hub_ready_folder(exported, training_output):
     trained, exported_weights = all_weights(training_output), all_weights(out)
     assert trained.keys() == exported_weights.keys()
     assert all(torch.equal(trained[k], exported_weights[k]) for k in trained)
+    initial = tiny_llava_model(seed=0).state_dict()
+    assert not torch.equal(initial["model.multi_modal_projector.linear_1.weight"],
+                           exported_weights["model.multi_modal_projector.linear_1.weight"])  # a trained model
     # Nothing but the final folder is left beside it.
     assert not find_stale_staging_dirs(out)
     assert "README.md" in result.stdout and "model.safetensors.index.json" in result.stdout
