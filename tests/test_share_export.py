@@ -260,3 +260,20 @@ def test_lora_adapter_merged_keeps_the_adapted_outputs(lora_run, training_output
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     assert ModelCard.load(out / "README.md").data.base_model == ["me/tiny-llava"]
+
+
+def test_metrics_files_that_cannot_go_into_a_card_are_named(tmp_path):
+    from hub_upload.card import load_eval_results
+
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "empty.json").write_text(json.dumps({"model": "x", "notes": ["no numbers"]}))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, message in [("broken.json", "not valid JSON"), ("empty.json", "no numeric metrics"),
+                          ("list.json", "expected a JSON object")]:
+        with pytest.raises(ValueError, match=message) as error:
+            load_eval_results(tmp_path / name)
+        assert name in str(error.value)
+    # Benchmark name from the file when it says, numbers at any depth.
+    (tmp_path / "pope.json").write_text(json.dumps({"benchmark": "pope", "f1": 0.8, "split": {"random": {"acc": 0.9}}}))
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in load_eval_results(tmp_path / "pope.json")}
+    assert results == {("pope", "f1"): 0.8, ("pope", "split.random.acc"): 0.9}
