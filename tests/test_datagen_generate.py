@@ -96,10 +96,10 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
             {"match": "(img002)", "system": complex_, "kind": "slow", "delay": 5, "times": 1},
             {"match": "(img003)", "system": conv, "kind": "malformed", "times": 1000},
             {"match": "(img005)", "system": detail, "kind": "500", "times": 1000},
+            {"match": "(img004)", "system": conv, "kind": "unparseable", "content": "I'm sorry, I cannot see images.", "times": 1},
         ],
         "responses": [
             {"match": "(img004)", "system": detail, "content": ""},
-            {"match": "(img004)", "system": conv, "content": "I'm sorry, I cannot see images."},
             {"match": "(img005)", "system": complex_, "content": COMPLEX_REPLY[:40], "finish_reason": "length"},
             *canned_responses(),
         ],
@@ -144,8 +144,10 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
     assert summary.planned == 2 and summary.skipped_done == 16
     assert len(server.requests()) - before == 2 * 1 + 3 - 1  # malformed: 1 try (not retried); 500: 3 tries
     assert len(read_jsonl(output)) == 13
+    # --retry-rejected re-asks the content rejections too; only the one-off unparseable answer now succeeds.
     summary = run_generation(contexts, list(RESPONSE_TYPES), teacher, output, retry_rejected=True, progress=False)
-    assert summary.planned == 5
+    assert summary.planned == 5 and summary.accepted == 1
+    assert ("img004", "conversation") in {(r["image_id"], r["type"]) for r in read_jsonl(output)}
 
 
 def test_dry_run_prints_first_prompt_and_planned_count_without_requests(tmp_path):
