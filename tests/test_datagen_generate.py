@@ -174,8 +174,10 @@ def test_dry_run_prints_first_prompt_and_planned_count_without_requests(tmp_path
     assert "planned requests: 3 (3 images x 1 types, 0 already done)" in result.stdout
 
 
-def test_missing_api_key_is_a_clear_error(tmp_path):
+def test_missing_api_key_and_unknown_type_are_clear_errors(tmp_path):
     contexts = write_contexts(tmp_path / "contexts.jsonl", make_contexts(1))
+    result = run_cli("generate-data", "--contexts", str(contexts), "--model", "m", "--types", "conversation,chitchat", "--output", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 2 and "unknown --types ['chitchat']" in result.stderr
     result = run_cli(
         "generate-data", "--contexts", str(contexts), "--model", "m", "--api-key-env", "NO_SUCH_KEY_VAR", "--output", str(tmp_path / "o.jsonl"),
         env={"NO_SUCH_KEY_VAR": ""},
