@@ -44,15 +44,28 @@ class GenerationSettings:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("generation")
-        group.add_argument("--max-new-tokens", type=int, default=256, help="Most tokens generated per answer (default 256).")
-        group.add_argument("--temperature", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-        group.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (only with --temperature > 0).")
+        group.add_argument(
+            "--max-new-tokens", type=int, default=256, help="Most tokens generated per answer (default 256)."
+        )
+        group.add_argument(
+            "--temperature", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default)."
+        )
+        group.add_argument(
+            "--top-p", type=float, default=None, help="Nucleus sampling threshold (only with --temperature > 0)."
+        )
         group.add_argument("--num-beams", type=int, default=1, help="Beam search width (default 1 = no beam search).")
-        group.add_argument("--batch-size", type=int, default=8, help="Questions per generate call, left-padded (default 8).")
+        group.add_argument(
+            "--batch-size", type=int, default=8, help="Questions per generate call, left-padded (default 8)."
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
-        return cls(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams)
+        return cls(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+        )
 
 
 def load_model_and_processor(model_id: str, device: str | None = None, dtype: str = "auto"):
@@ -96,10 +109,17 @@ class BatchAnswerer:
             tokenizer.pad_token = tokenizer.eos_token
 
     def prompts(self, conversations: Sequence[list[dict[str, Any]]]) -> list[str]:
-        return [self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) for messages in conversations]
+        return [
+            self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            for messages in conversations
+        ]
 
-    def __call__(self, conversations: Sequence[list[dict[str, Any]]], images: Sequence[Any] | None,
-                 settings: GenerationSettings | None = None) -> list[str]:
+    def __call__(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        images: Sequence[Any] | None,
+        settings: GenerationSettings | None = None,
+    ) -> list[str]:
         """Answer one batch. `images` holds the batch's images in the order of their image blocks
         (one per conversation for question files), or is `None`/empty for a text-only batch."""
         import torch
@@ -113,7 +133,7 @@ class BatchAnswerer:
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -162,10 +182,16 @@ def answer_questions(
         text_only = [q for q in todo if not q.get("image")]
         settings = getattr(answerer, "settings", None)
         generation = asdict(settings) if settings is not None else None
-        progress = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering", unit="q", disable=not show_progress)
+        progress = tqdm(
+            total=len(questions),
+            initial=len(questions) - len(todo),
+            desc="answering",
+            unit="q",
+            disable=not show_progress,
+        )
         for group in (with_image, text_only):
             for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
+                batch = group[start : start + batch_size]
                 conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
                 images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
                 answers = answerer(conversations, images)

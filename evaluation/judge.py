@@ -85,7 +85,9 @@ def build_judge_messages(
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _PAIR_LINE = re.compile(rf"^\W*{_NUMBER}\s*(?:/\s*10)?\s*[,;\s]\s*{_NUMBER}\s*(?:/\s*10)?\W*$")
-_LABELLED = re.compile(rf"Assistant\s*([12])\s*(?:\*\*)?\s*(?:score)?\s*[:=\-]?\s*(?:\*\*)?\s*{_NUMBER}", re.IGNORECASE)
+_LABELLED = re.compile(
+    rf"Assistant\s*([12])\s*(?:\*\*)?\s*(?:score)?\s*[:=\-]?\s*(?:\*\*)?\s*{_NUMBER}", re.IGNORECASE
+)
 _TUPLE = re.compile(rf"\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)")
 
 
@@ -176,7 +178,9 @@ def judge_one(
         pair = parse_judge_scores(reply.text)
         if pair is not None:
             first, second = pair
-            scores = {"reference": first, "model": second} if reference_first else {"reference": second, "model": first}
+            scores = (
+                {"reference": first, "model": second} if reference_first else {"reference": second, "model": first}
+            )
             break
     review: dict[str, Any] = {
         "question_id": item.question_id,
@@ -214,7 +218,9 @@ def relative_scores(reviews: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
         if review.get("scores") is not None:
             entry["scores"].append(review["scores"])
 
-    buckets: dict[str, dict[str, list]] = {name: {"model": [], "reference": [], "unscored": []} for name in (*QUESTION_TYPES, "all")}
+    buckets: dict[str, dict[str, list]] = {
+        name: {"model": [], "reference": [], "unscored": []} for name in (*QUESTION_TYPES, "all")
+    }
     for question_id, entry in per_question.items():
         for bucket in (buckets[entry["type"]], buckets["all"]):
             if not entry["scores"]:

@@ -23,7 +23,10 @@ def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Pat
 
 def judge_table(results: dict[str, dict[str, Any]]) -> str:
     """The paper's Table 3 layout: relative score per type and overall, with both means."""
-    lines = ["| Type | Relative score | Model mean | Reference mean | Scored | Unscored |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Type | Relative score | Model mean | Reference mean | Scored | Unscored |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in (*QUESTION_TYPES, "all"):
         if name not in results:
             continue
@@ -37,7 +40,10 @@ def judge_table(results: dict[str, dict[str, Any]]) -> str:
 
 def pope_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per POPE subset (and `all`): accuracy, precision, recall, F1 (%) and yes-ratio."""
-    lines = ["| Subset | Accuracy | Precision | Recall | F1 | Yes-ratio | Questions |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Subset | Accuracy | Precision | Recall | F1 | Yes-ratio | Questions |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in results.items():
         cells = [_fmt(100 * row[key], 2) for key in ("accuracy", "precision", "recall", "f1", "yes_ratio")]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['count']} |")

@@ -95,7 +95,7 @@ def build_arbiter_messages(problem: dict[str, Any], answer_1: str, answer_2: str
         f"[Assistant 1]\n{answer_1}\n[End of Assistant 1]\n\n"
         f"[Assistant 2]\n{answer_2}\n[End of Assistant 2]\n\n"
         "Decide which option is correct, using the question, the context and both answers. "
-        "Explain briefly, then end with exactly one sentence of the form \"The answer is X.\" where X "
+        'Explain briefly, then end with exactly one sentence of the form "The answer is X." where X '
         "is the letter of the correct option."
     )
     return [{"role": "system", "content": ARBITER_SYSTEM_PROMPT}, {"role": "user", "content": content}]

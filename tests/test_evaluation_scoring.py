@@ -52,8 +52,14 @@ def test_parse_judge_scores_failures(reply):
 
 # ---------------------------------------------------------------- judge_one: retries and orders
 def _item(qid="q1", qtype="conv"):
-    return JudgeItem(qid, qtype, "What is on the table?", "A cat on a table.\n\ncat: [0.1, 0.2, 0.5, 0.6]",
-                     reference="REFERENCE ANSWER", answer="MODEL ANSWER")
+    return JudgeItem(
+        qid,
+        qtype,
+        "What is on the table?",
+        "A cat on a table.\n\ncat: [0.1, 0.2, 0.5, 0.6]",
+        reference="REFERENCE ANSWER",
+        answer="MODEL ANSWER",
+    )
 
 
 def test_judge_one_retries_unparseable_reply_then_scores():
@@ -100,8 +106,13 @@ def test_relative_scores_hand_computed():
     assert results["conversation"]["reference_mean"] == pytest.approx(9.0)
     assert results["conversation"]["relative_score"] == pytest.approx(83.3333, abs=1e-3)
     assert results["detail"]["relative_score"] == pytest.approx(100.0)
-    assert results["complex"] == {"relative_score": pytest.approx(87.5), "model_mean": 7.0,
-                                  "reference_mean": 8.0, "count": 1, "unscored": 1}
+    assert results["complex"] == {
+        "relative_score": pytest.approx(87.5),
+        "model_mean": 7.0,
+        "reference_mean": 8.0,
+        "count": 1,
+        "unscored": 1,
+    }
     overall = results["all"]
     assert overall["model_mean"] == pytest.approx(29 / 4) and overall["reference_mean"] == pytest.approx(33 / 4)
     assert overall["relative_score"] == pytest.approx(29 / 33 * 100)
@@ -176,15 +187,25 @@ def test_accuracy_by_category_hand_computed(tmp_path):
     problems = load_scienceqa(write_scienceqa(tmp_path / "sqa"), "test")
     results = accuracy_by_category(problems, _letters(OUR_TEXTS, problems))
     expected = {  # (correct, total) worked out by hand from the comments above
-        "NAT": (2, 3), "SOC": (0, 2), "LAN": (1, 1), "TXT": (0, 2), "IMG": (1, 3),
-        "NO": (2, 2), "G1-6": (2, 3), "G7-12": (1, 3), "average": (3, 6),
+        "NAT": (2, 3),
+        "SOC": (0, 2),
+        "LAN": (1, 1),
+        "TXT": (0, 2),
+        "IMG": (1, 3),
+        "NO": (2, 2),
+        "G1-6": (2, 3),
+        "G7-12": (1, 3),
+        "average": (3, 6),
     }
     for name, (right, total) in expected.items():
         assert (results[name]["correct"], results[name]["total"]) == (right, total), name
         assert results[name]["accuracy"] == pytest.approx(100 * right / total), name
     table = format_table({"LLaVA (ours)": results})
     assert table.splitlines()[0] == "| Method | NAT | SOC | LAN | TXT | IMG | NO | G1-6 | G7-12 | Avg |"
-    assert table.splitlines()[2] == "| LLaVA (ours) | 66.67 | 0.00 | 100.00 | 0.00 | 33.33 | 100.00 | 66.67 | 33.33 | 50.00 |"
+    assert (
+        table.splitlines()[2]
+        == "| LLaVA (ours) | 66.67 | 0.00 | 100.00 | 0.00 | 33.33 | 100.00 | 66.67 | 33.33 | 50.00 |"
+    )
 
 
 def test_accuracy_refuses_missing_predictions(tmp_path):
@@ -214,17 +235,22 @@ def test_ensemble_complement_hand_computed(tmp_path):
 def test_ensemble_judge_asks_teacher_only_on_disagreement(tmp_path):
     problems = load_scienceqa(write_scienceqa(tmp_path / "sqa"), "test")
     ours, teacher = _letters(OUR_TEXTS, problems), _letters(TEACHER_TEXTS, problems)
-    verdicts = {"Which animal": "The answer is A.", "Which word rhymes": "Both close; The answer is C.",
-                "Which force": "The answer is A.", "Which state": "The answer is B.",
-                "Which city": "I cannot tell."}  # p2: unparseable every time -> complement fallback
+    verdicts = {
+        "Which animal": "The answer is A.",
+        "Which word rhymes": "Both close; The answer is C.",
+        "Which force": "The answer is A.",
+        "Which state": "The answer is B.",
+        "Which city": "I cannot tell.",
+    }  # p2: unparseable every time -> complement fallback
 
     def respond(messages, n):
         user = messages[-1]["content"]
         return next(reply for prefix, reply in verdicts.items() if user.startswith(prefix))
 
     arbiter = ScriptedJudge(respond)
-    final, decisions = ensemble_judge(problems, ours, teacher, OUR_TEXTS, TEACHER_TEXTS, arbiter,
-                                      judge_id="openai:teacher", max_attempts=2)
+    final, decisions = ensemble_judge(
+        problems, ours, teacher, OUR_TEXTS, TEACHER_TEXTS, arbiter, judge_id="openai:teacher", max_attempts=2
+    )
     assert final == {"p1": "A", "p2": "B", "p3": "C", "p4": "A", "p5": "B", "p6": "D"}
     assert [d["question_id"] for d in decisions] == ["p1", "p2", "p3", "p4", "p5"]  # p6 agreed: not asked
     assert len(arbiter.calls) == 4 + 2  # p2 retried once
@@ -238,8 +264,16 @@ def test_ensemble_judge_asks_teacher_only_on_disagreement(tmp_path):
 
 # ---------------------------------------------------------------- POPE
 def test_pope_parse_and_metrics_hand_computed():
-    answers = ["Yes, there is a dog.", "No.", "There is not a cat in it.", "Yes", "No, there isn't.",
-               "I don't see one.", "There is a bench in the picture.", "Yes. No other objects."]
+    answers = [
+        "Yes, there is a dog.",
+        "No.",
+        "There is not a cat in it.",
+        "Yes",
+        "No, there isn't.",
+        "I don't see one.",
+        "There is a bench in the picture.",
+        "Yes. No other objects.",
+    ]
     labels = ["yes", "yes", "yes", "no", "no", "no", "yes", "yes"]
     predictions = [parse_yes_no(a) for a in answers]
     assert predictions == ["yes", "no", "no", "yes", "no", "no", "yes", "yes"]
