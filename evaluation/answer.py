@@ -177,6 +177,12 @@ def answer_questions(
         seen.add(question_id)
 
     with ResumableJsonl(output_path) as store:
+        others = sorted({str(r.get("model_id")) for r in store} - {model_id})
+        if others:
+            raise ValueError(
+                f"{output_path} holds predictions of another model ({others[0]!r}, not {model_id!r}); "
+                "use another output folder, or delete the file to start over"
+            )
         todo = [q for q in questions if str(q["question_id"]) not in store]
         with_image = [q for q in todo if q.get("image")]
         text_only = [q for q in todo if not q.get("image")]

@@ -195,6 +195,12 @@ def run_judge(args: argparse.Namespace) -> int:
     from datagen.teachers import TeacherError
 
     with ResumableJsonl(Path(args.output_dir) / "reviews.jsonl", key="key") as store:
+        other_judges = sorted({str(review["judge"]) for review in store} - {judge_id})
+        if other_judges:  # one metrics file, one judge: never average scores of different judges
+            raise ValueError(
+                f"{store.path} holds reviews by another judge ({other_judges[0]!r}, not {judge_id!r}); "
+                "use another --output-dir"
+            )
         todo = [
             (q, order) for q in questions for order in orders if review_key(str(q["question_id"]), order) not in store
         ]

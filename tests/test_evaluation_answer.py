@@ -77,6 +77,9 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
     )
     assert {k: v["text"] for k, v in predictions.items()} == {k: v["text"] for k, v in reference.items()}
 
+    with pytest.raises(ValueError, match="holds predictions of another model"):
+        answer_questions(questions, second, output, image_root=tmp_path, model_id="other-model", show_progress=False)
+
     third = CountingAnswerer(tiny_answerer)
     answer_questions(questions, third, output, image_root=tmp_path, batch_size=2, show_progress=False)
     assert third.calls == 0  # all done: nothing recomputed
