@@ -281,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"planned requests: {len(todo)} ({len(contexts)} images x {len(types)} types, {skipped} already done)")
         return 0
 
+    teacher = _build_teacher(args)
+    print(f"teacher: {teacher.describe()}", file=sys.stderr)
     summary = run_generation(
         contexts,
         types,
-        _build_teacher(args),
+        teacher,
         args.output,
         concurrency=args.concurrency,
         seed=args.seed,

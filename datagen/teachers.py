@@ -202,13 +202,16 @@ class LocalTeacher(Teacher):
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         prompt_length = inputs["input_ids"].shape[1]
+        context_size = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if context_size is not None and prompt_length + self.max_new_tokens > context_size:
+            raise TeacherError(
+                f"prompt of {prompt_length} tokens + {self.max_new_tokens} new tokens exceeds the model's context of {context_size}"
+            )
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self._lock, torch.no_grad():
             output = self.model.generate(
-                **inputs.to(self.model.device),
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                **sampling,
+                **inputs.to(self.model.device), max_new_tokens=self.max_new_tokens, pad_token_id=pad_token_id, **sampling
             )
         new_tokens = output[0, prompt_length:]
         eos_ids = self.model.generation_config.eos_token_id

@@ -22,7 +22,7 @@ or with the pytest fixture `chat_server` (import it into the test module): `chat
 server that is stopped after the test.
 
 Spec keys:
-- `responses`: list of `{"match", "content", "finish_reason"="stop", "prompt_tokens"?, "completion_tokens"?,
+- `responses`: list of `{"match", "system"?, "content", "finish_reason"="stop", "prompt_tokens"?, "completion_tokens"?,
   "delay"?}` (`delay`: seconds to wait before replying, to make a run slow enough to interrupt).
   An entry matches a request when `match` (default "") is a substring of the content of the LAST
   message (the query; few-shot examples earlier in the prompt do not count) and the optional

@@ -93,7 +93,7 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
         "faults": [
             {"match": "(img000)", "system": conv, "kind": "429", "retry_after": 1, "times": 1},
             {"match": "(img001)", "system": detail, "kind": "500", "times": 2},
-            {"match": "(img002)", "system": complex_, "kind": "slow", "delay": 3, "times": 1},
+            {"match": "(img002)", "system": complex_, "kind": "slow", "delay": 5, "times": 1},
             {"match": "(img003)", "system": conv, "kind": "malformed", "times": 1000},
             {"match": "(img005)", "system": detail, "kind": "500", "times": 1000},
         ],
@@ -107,7 +107,7 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
     server = chat_server(spec)
     contexts = [ImageContext.from_record(c) for c in make_contexts(6)]
     output = tmp_path / "gen.jsonl"
-    teacher = teacher_for(server, timeout=1.0, max_retries=2)
+    teacher = teacher_for(server, timeout=2.0, max_retries=2)
     started = time.monotonic()
     summary = run_generation(contexts, list(RESPONSE_TYPES), teacher, output, concurrency=4, progress=False)
     assert time.monotonic() - started < 30
@@ -135,7 +135,7 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
     kinds, times = served("img000", conv)
     assert kinds == ["429", "reply"] and times[1] - times[0] >= 0.9  # Retry-After: 1 honoured
     assert served("img001", detail)[0] == ["500", "500", "reply"]
-    assert served("img002", complex_)[0] == ["slow", "reply"]  # timed out after 1 s, retried
+    assert served("img002", complex_)[0] == ["slow", "reply"]  # timed out after 2 s, retried
     assert served("img005", detail)[0] == ["500"] * 3  # 1 try + max_retries=2, then recorded
 
     # A re-run re-requests only the request failures; content rejections stay rejected.
@@ -164,7 +164,12 @@ def test_dry_run_prints_first_prompt_and_planned_count_without_requests(tmp_path
     expected = build_messages("complex", format_context(ImageContext.from_record(make_contexts(1)[0])))
     for message in expected:
         assert f"----- {message['role']} -----\n{message['content']}" in result.stdout
-    assert output.read_text().count("\n") == 1
+    assert output.read_text().count("\n") == 1  # the dry run left the output alone
+
+    result = run_cli(
+        "generate-data", "--contexts", str(contexts), "--types", "detail", "--model", "m", "--output", str(output), "--limit", "3", "--dry-run"
+    )
+    assert "planned requests: 3 (3 images x 1 types, 0 already done)" in result.stdout
 
 
 def test_missing_api_key_is_a_clear_error(tmp_path):

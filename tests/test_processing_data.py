@@ -221,3 +221,19 @@ def test_lazy_loader_pickles_for_dataloader_workers(image_root):
 def test_llava_to_messages_roles():
     messages = llava_to_messages([{"from": "system", "value": "S"}, {"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}])
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+
+
+def test_trl_rows_feed_trls_vision_collator(tmp_path, image_root):
+    """Rows of `to_trl_dataset` (lazily loaded images, typed content) go straight into TRL's collator."""
+    from processing_fixtures import make_processor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    dataset = load_llava_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), image_root)
+    rows = to_trl_dataset(dataset, image_root=image_root, image_first_ratio=0.5, seed=0)
+    processor = make_processor(template="paper", image_seq_length=3)
+    collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    batch = collator([rows[i] for i in range(len(rows))])
+    assert batch["pixel_values"].shape == (4, 3, 30, 30)  # 1 + 2 + 0 + 1 images
+    assert (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist() == [3, 6, 0, 3]
+    supervised = [processor.tokenizer.decode(ids[labels != -100]) for ids, labels in zip(batch["input_ids"], batch["labels"])]
+    assert supervised == [" A test pattern.###", " Same size? No.###", " Hello.### Bye.###", " Noise.###"]
