@@ -13,10 +13,10 @@ import argparse
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from evaluation.io import ResumableJsonl, require_keys
+from processing.images import load_image
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -137,17 +137,6 @@ class BatchAnswerer:
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def load_image(image_root: str | os.PathLike | None, relative: str):
-    """Open one question image as RGB, naming the file when it is missing."""
-    from PIL import Image
-
-    path = Path(image_root or ".") / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"question image {path} not found (image paths are relative to --image-root)")
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def answer_questions(
     questions: Sequence[dict[str, Any]],
     answerer: Callable[..., list[str]],
@@ -199,7 +188,7 @@ def answer_questions(
             for start in range(0, len(group), batch_size):
                 batch = group[start : start + batch_size]
                 conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
-                images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
+                images = [load_image(image_root or ".", q["image"]) for q in batch] if batch[0].get("image") else None
                 answers = answerer(conversations, images)
                 if len(answers) != len(batch):
                     raise RuntimeError(f"the answerer returned {len(answers)} answers for a batch of {len(batch)}")

@@ -13,6 +13,7 @@ from evaluation.answer import (
     load_model_and_processor,
     truncate_at_stops,
 )
+from processing.images import ImageLoadError
 from processing.jsonio import read_records
 from evaluation_fixtures import save_tiny_image_text_model, write_questions
 
@@ -88,7 +89,7 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
 def test_answer_errors_name_the_problem(tmp_path, tiny_answerer):
     questions = write_questions(tmp_path / "q.jsonl", tmp_path, count=2)
     (tmp_path / "img0.png").unlink()
-    with pytest.raises(FileNotFoundError, match="img0.png not found"):
+    with pytest.raises(ImageLoadError, match="img0.png: no such image file"):
         answer_questions(questions, tiny_answerer, tmp_path / "p.jsonl", image_root=tmp_path, show_progress=False)
     with pytest.raises(ValueError, match="question_id 'q1' appears more than once"):
         answer_questions(
