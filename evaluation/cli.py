@@ -76,6 +76,7 @@ def _add_judge_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
     )
     group.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per HTTP attempt (openai)")
     group.add_argument("--judge-max-retries", type=int, default=5, help="transport retries per request (openai)")
+    group.add_argument("--judge-concurrency", type=int, default=4, help="judge requests in flight at once (default 4)")
     group.add_argument(
         "--judge-attempts",
         type=int,
@@ -170,9 +171,8 @@ def _load_judge_contexts(path: str) -> dict[str, str]:
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
-    from evaluation.judge import JudgeItem, judge_one, normalize_type, relative_scores, review_key
+    from evaluation.judge import JudgeItem, judge_all, normalize_type, relative_scores, review_key
     from evaluation.report import judge_table, render_examples, write_metrics, write_report
 
     questions = _limited(read_records(args.questions), args.limit)
@@ -201,29 +201,39 @@ def run_judge(args: argparse.Namespace) -> int:
                 f"{store.path} holds reviews by another judge ({other_judges[0]!r}, not {judge_id!r}); "
                 "use another --output-dir"
             )
-        todo = [
-            (q, order) for q in questions for order in orders if review_key(str(q["question_id"]), order) not in store
-        ]
-        for question, order in tqdm(todo, desc="judging", disable=args.no_progress):
-            question_id = str(question["question_id"])
-            item = JudgeItem(
-                question_id,
-                question["category"],
-                question["text"].replace("<image>", "").strip(),
-                contexts[question["image"]],
-                references[question_id],
-                answers[question_id]["text"],
+        tasks = [
+            (
+                JudgeItem(
+                    str(q["question_id"]),
+                    q["category"],
+                    q["text"].replace("<image>", "").strip(),
+                    contexts[q["image"]],
+                    references[str(q["question_id"])],
+                    answers[str(q["question_id"])]["text"],
+                ),
+                order,
             )
-            try:
-                review = judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=args.judge_attempts)
-            except TeacherError as error:
-                print(
-                    f"llava eval judge: the judge failed on question {question_id}: {error}\n"
-                    f"(finished reviews are kept in {store.path}; rerun the same command to resume)",
-                    file=sys.stderr,
-                )
-                return 1
-            store.append({"key": review_key(question_id, order), **review})
+            for q in questions
+            for order in orders
+            if review_key(str(q["question_id"]), order) not in store
+        ]
+        try:
+            judge_all(
+                judge,
+                tasks,
+                lambda review: store.append({"key": review_key(review["question_id"], review["order"]), **review}),
+                judge_id=judge_id,
+                max_attempts=args.judge_attempts,
+                concurrency=args.judge_concurrency,
+                progress=not args.no_progress,
+            )
+        except TeacherError as error:
+            print(
+                f"llava eval judge: the judge failed: {error}\n"
+                f"(finished reviews are kept in {store.path}; rerun the same command to resume)",
+                file=sys.stderr,
+            )
+            return 1
         wanted = {review_key(str(q["question_id"]), order) for q in questions for order in orders}
         reviews = [review for review in store if review["key"] in wanted]
     results = relative_scores(reviews)

@@ -10,7 +10,8 @@ The reported number is mean(model score) / mean(reference score) × 100, per que
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -245,3 +246,50 @@ def relative_scores(reviews: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
             "unscored": len(bucket["unscored"]),
         }
     return results
+
+
+def judge_all(
+    judge: ChatJudge,
+    tasks: Sequence[tuple[JudgeItem, str]],
+    record: Callable[[dict[str, Any]], None],
+    *,
+    judge_id: str,
+    max_attempts: int = 3,
+    concurrency: int = 4,
+    progress: bool = True,
+) -> None:
+    """Judge every `(item, order)` with at most `concurrency` requests in flight.
+
+    Each finished review goes to `record` (from this thread, so a file sees no interleaved
+    lines) as soon as it arrives. If the judge fails for good (a `TeacherError`), the requests not
+    yet started are cancelled, the reviews finished so far are already recorded, and the error is
+    raised: rerunning resumes from there.
+    """
+    from tqdm.auto import tqdm
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+
+    def review(item: JudgeItem, order: str) -> dict[str, Any]:
+        return judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=max_attempts)
+
+    pending = iter(tasks)
+    in_flight: set[Future] = set()
+    bar = tqdm(total=len(tasks), desc="judging", unit="review", disable=not progress)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            while True:
+                while len(in_flight) < concurrency and (task := next(pending, None)) is not None:
+                    in_flight.add(pool.submit(review, *task))
+                if not in_flight:
+                    break
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+                    bar.update(1)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+        finally:
+            bar.close()

@@ -102,6 +102,8 @@ def test_judge_end_to_end_through_loopback_server(tmp_path, tiny_model_dir, chat
         "--judge-api-key-env",
         KEY_ENV,
         "--swap",
+        "--judge-concurrency",
+        "3",
         "--max-new-tokens",
         "4",
         "--batch-size",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.judge import JudgeItem, judge_one, parse_judge_scores, relative_scores
+from datagen.teachers import TeacherError
+from evaluation.judge import JudgeItem, judge_all, judge_one, parse_judge_scores, relative_scores
 from evaluation.pope import parse_yes_no, pope_metrics
 from evaluation.scienceqa import (
     accuracy_by_category,
@@ -85,6 +86,28 @@ def test_judge_one_records_unparseable_after_all_attempts():
     review = judge_one(judge, _item(), judge_id="j", max_attempts=3)
     assert review["scores"] is None and review["attempts"] == 3 and len(judge.calls) == 3
     assert "unparseable" in review["error"] and review["replies"][-1] == "I refuse (3)"
+
+
+def test_judge_all_concurrent_and_stops_on_teacher_error():
+    items = [(_item(f"q{i}"), "reference_first") for i in range(6)]
+    judge = ScriptedJudge(lambda messages, n: "9 7")
+    recorded = []
+    judge_all(judge, items, recorded.append, judge_id="j", concurrency=3, progress=False)
+    assert sorted(r["question_id"] for r in recorded) == [f"q{i}" for i in range(6)]
+    assert all(r["scores"] == {"reference": 9.0, "model": 7.0} for r in recorded)
+
+    def fail_on_q1(messages, n):
+        if "(q1)" in messages[1]["content"]:
+            raise TeacherError("HTTP 500 from the teacher")
+        return "9 7"
+
+    tagged = [
+        (JudgeItem(f"q{i}", "detail", f"Describe it. (q{i})", "ctx", "ref", "ans"), "model_first") for i in range(3)
+    ]
+    recorded = []
+    with pytest.raises(TeacherError, match="HTTP 500"):
+        judge_all(ScriptedJudge(fail_on_q1), tagged, recorded.append, judge_id="j", concurrency=1, progress=False)
+    assert [r["question_id"] for r in recorded] == ["q0"]  # finished work kept; q2 never started
 
 
 # ---------------------------------------------------------------- relative score
