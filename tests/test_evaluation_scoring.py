@@ -148,6 +148,7 @@ def test_relative_scores_hand_computed():
     [
         ("B", 3, "B"),  # bare letter
         (" C \n", 4, "C"),
+        ("B\nRome is the capital of Italy.", 3, "B"),  # letter alone on the first line
         ("A. The sun", 2, "A"),  # "X." prefix
         ("(B). Rome", 3, "B"),
         ("Lecture text. Solution text. The answer is C.", 4, "C"),  # reasoning first
