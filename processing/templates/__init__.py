@@ -1,0 +1,63 @@
+"""Conversation formats as Jinja chat templates with `{% generation %}` markers.
+
+Each named template lives in `<name>.jinja` next to this file. The templates share one macro that turns typed
+content (`[{"type": "image"}, {"type": "text", "text": ...}]`) into text with `<image>` placeholders; a
+chat template must be a single self-contained string (it is saved as `chat_template.jinja` next to the weights),
+so `get_chat_template` inlines that macro where a template says `{#- @content_macros -#}`.
+
+`"own"` is the language model's own template made image-aware and given generation markers
+(see `processing.templates.own`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+CONTENT_MACROS_MARKER = "{#- @content_macros -#}"
+FILE_TEMPLATES = ("paper", "vicuna_v1", "llama2", "plain", "chatml")
+OWN_TEMPLATE = "own"
+
+
+def list_chat_templates() -> list[str]:
+    """Names accepted by `get_chat_template`."""
+    return [*FILE_TEMPLATES, OWN_TEMPLATE]
+
+
+def _read(filename: str) -> str:
+    return resources.files(__name__).joinpath(filename).read_text(encoding="utf-8")
+
+
+def content_macros() -> str:
+    """The Jinja macros `render_content` / `render_images` every template uses for message content."""
+    return _read("_content_macros.jinja")
+
+
+def get_chat_template(name: str, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """Return the chat template called `name` as one self-contained Jinja string.
+
+    Args:
+        name: one of `list_chat_templates()`: `paper` (Table 2 of the paper, `###` stop), `vicuna_v1`,
+            `llama2`, `plain` (stage 1: image then caption), `chatml`, or `own` (the tokenizer's own template,
+            made image-aware, with generation markers).
+        tokenizer: required for `own`; ignored otherwise.
+    """
+    if name == OWN_TEMPLATE:
+        if tokenizer is None:
+            raise ValueError("The 'own' chat template is derived from a tokenizer's template: pass `tokenizer=`.")
+        from .own import derive_own_template
+
+        return derive_own_template(tokenizer)
+    if name not in FILE_TEMPLATES:
+        raise ValueError(f"Unknown chat template {name!r}; choose one of {list_chat_templates()}.")
+    template = _read(f"{name}.jinja")
+    if CONTENT_MACROS_MARKER not in template:
+        raise RuntimeError(f"{name}.jinja lacks the {CONTENT_MACROS_MARKER} line it needs.")
+    return template.replace(CONTENT_MACROS_MARKER, content_macros())
+
+
+__all__ = ["get_chat_template", "list_chat_templates", "content_macros"]
