@@ -43,6 +43,7 @@ setup(
     packages=[
         "modeling_llava",
         "processing",
+        "processing.templates",
         "training",
         "hub_upload",
         "datagen",
@@ -50,7 +51,8 @@ setup(
         "llava_cli",
     ],
     package_data={
-        "processing": ["templates/*.jinja", "data/*"],
+        "processing": ["data/*"],
+        "processing.templates": ["*.jinja"],
         "training": ["configs/*.yaml", "configs/accelerate/*.yaml"],
         "datagen": ["prompts/*"],
     },

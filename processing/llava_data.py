@@ -1,0 +1,353 @@
+"""LLaVA-format datasets on the `datasets` library.
+
+On disk (JSON array or JSONL): `{"id": str, "image": "rel/path.jpg" | ["a.jpg", ...] (optional),
+"conversations": [{"from": "human", "value": "<image>\\nQuestion"}, {"from": "gpt", "value": "..."}]}`.
+
+In memory, a `datasets.Dataset` with columns `id`, `images` (list of paths relative to the image root; empty
+for text-only samples), `conversations` and `extra` (the record's other fields as JSON, so nothing is lost).
+`to_trl_dataset` turns it into TRL's vision format (`messages` with typed content + `images`), images loaded
+lazily from the image root when a row is read; `messages_to_llava` goes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .images import DEFAULT_MAX_PIXELS, LazyImageLoader, resolve_image_path
+
+
+IMAGE_PLACEHOLDER = "<image>"
+LLAVA_TO_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
+ROLE_TO_LLAVA = {role: speaker for speaker, role in LLAVA_TO_ROLE.items()}
+_KNOWN_FIELDS = ("id", "image", "conversations")
+# A placeholder together with the newline that LLaVA data puts between it and the text ("<image>\nQ", "Q\n<image>").
+_PLACEHOLDER_SPLIT = re.compile(r"\n?(" + re.escape(IMAGE_PLACEHOLDER) + r")\n?")
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One problem found in a dataset file, located by file, line and sample id where known."""
+
+    kind: str
+    message: str
+    file: str
+    line: int | None = None
+    sample_id: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line is not None else "")
+        sample = f" (sample {self.sample_id!r})" if self.sample_id is not None else ""
+        return f"{where}{sample}: {self.message}"
+
+
+class LlavaDataError(ValueError):
+    """A dataset file cannot be read as LLaVA data; `problem` says where and why."""
+
+    def __init__(self, problem: DataProblem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One JSON value read from a dataset file, with the line it starts on."""
+
+    line: int
+    value: Any
+
+
+def _line_of(data: str | bytes, position: int) -> int:
+    newline = b"\n" if isinstance(data, bytes) else "\n"
+    return data.count(newline, 0, position) + 1
+
+
+def _iter_jsonl(path: Path, data: bytes) -> Iterator[RawRecord | DataProblem]:
+    for number, raw_line in enumerate(data.split(b"\n"), start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield DataProblem("bad_encoding", f"not valid UTF-8 text (byte {error.start} of the line)", str(path), number)
+            continue
+        try:
+            yield RawRecord(number, json.loads(text))
+        except json.JSONDecodeError as error:
+            yield DataProblem("malformed_json", f"malformed JSON: {error.msg} (column {error.colno})", str(path), number)
+
+
+def _iter_json_array(path: Path, data: bytes) -> Iterator[RawRecord | DataProblem]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        yield DataProblem("bad_encoding", "not valid UTF-8 text", str(path), _line_of(data, error.start))
+        return
+    # json.load would give no line numbers per record; decoding element by element keeps them for the reports.
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text):
+            yield DataProblem("malformed_json", "the JSON array is not closed with ']'", str(path), _line_of(text, position))
+            return
+        if text[position] == "]":
+            return
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            # A syntax error inside an array leaves no safe place to resume: report it and stop.
+            yield DataProblem("malformed_json", f"malformed JSON: {error.msg} (column {error.colno})", str(path), error.lineno)
+            return
+        yield RawRecord(_line_of(text, position), value)
+        position = end
+
+
+def iter_raw_records(path: str | os.PathLike) -> Iterator[RawRecord | DataProblem]:
+    """Yield every record of a LLaVA JSON (array) or JSONL file, or a `DataProblem` for what cannot be read.
+
+    A JSONL file goes on after a bad line; a JSON array stops at its first syntax error.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if data.lstrip()[:1] == b"[":
+        yield from _iter_json_array(path, data)
+    else:
+        yield from _iter_jsonl(path, data)
+
+
+def record_images(record: dict) -> list[str]:
+    """The record's image paths as a list (`image` may be absent, a string or a list)."""
+    image = record.get("image")
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else list(image)
+
+
+def conversation_problems(record: Any) -> list[tuple[str, str]]:
+    """Structural problems of one record as `(kind, message)` pairs; empty when the record is well formed.
+
+    Checks: the record is an object with a string `id` and a non-empty `conversations` list of
+    `{"from": "human"|"gpt"|"system", "value": str}` turns, an optional system turn first, then human and gpt
+    turns alternating, starting with human and ending with gpt, no empty value, and as many `<image>`
+    placeholders as images.
+    """
+    if not isinstance(record, dict):
+        return [("bad_record", f"expected a JSON object, found {type(record).__name__}")]
+    problems = []
+    if not isinstance(record.get("id"), (str, int)):
+        problems.append(("bad_record", "missing or non-string 'id'"))
+    image = record.get("image")
+    if image is not None and not (isinstance(image, str) or (isinstance(image, list) and all(isinstance(i, str) for i in image))):
+        problems.append(("bad_record", "'image' must be a path or a list of paths"))
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return [*problems, ("empty_conversation", "missing or empty 'conversations'")]
+    if not all(isinstance(turn, dict) and isinstance(turn.get("value"), str) and turn.get("from") in LLAVA_TO_ROLE for turn in turns):
+        return [*problems, ("bad_turn", "every turn needs 'from' (human, gpt or system) and a string 'value'")]
+    speakers = [turn["from"] for turn in turns]
+    if speakers[0] == "system":
+        speakers = speakers[1:]
+    if "system" in speakers:
+        problems.append(("turn_order", "a system turn may only come first"))
+    elif not speakers:
+        problems.append(("empty_conversation", "the conversation has no human or gpt turn"))
+    elif speakers[0] != "human":
+        problems.append(("turn_order", f"the conversation starts with {speakers[0]!r}, not 'human'"))
+    elif any(a == b for a, b in zip(speakers, speakers[1:])):
+        problems.append(("turn_order", "human and gpt turns do not alternate"))
+    elif speakers[-1] != "gpt":
+        problems.append(("turn_order", "the conversation ends without a gpt answer"))
+    empty = [index for index, turn in enumerate(turns) if not turn["value"].strip()]
+    if empty:
+        problems.append(("empty_turn", f"empty turn(s) at position {empty}"))
+    placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
+    if image is None or isinstance(image, (str, list)):
+        n_images = len(record_images(record))
+        if placeholders != n_images:
+            problems.append(("image_token_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s)"))
+    return problems
+
+
+def _normalise(record: dict) -> dict:
+    extra = {key: value for key, value in record.items() if key not in _KNOWN_FIELDS}
+    return {
+        "id": str(record["id"]),
+        "images": record_images(record),
+        "conversations": [{"from": turn["from"], "value": turn["value"]} for turn in record["conversations"]],
+        "extra": json.dumps(extra, ensure_ascii=False, sort_keys=True),
+    }
+
+
+def load_llava_dataset(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    exclude_ids: set[str] | None = None,
+) -> datasets.Dataset:
+    """Read a LLaVA JSON/JSONL file into a `datasets.Dataset` (columns `id`, `images`, `conversations`, `extra`).
+
+    Images are not opened here (see `to_trl_dataset` for lazy loading); with `image_root`, every image path is
+    checked to stay inside it. The reader is strict: the first unreadable line or malformed sample raises
+    `LlavaDataError` naming file, line and sample id. To skip bad samples instead, run
+    `processing.validate.check_dataset` first and pass its `failing_ids` as `exclude_ids`.
+    """
+    exclude_ids = exclude_ids or set()
+    rows = []
+    for item in iter_raw_records(path):
+        if isinstance(item, DataProblem):
+            raise LlavaDataError(item)
+        sample_id = item.value.get("id") if isinstance(item.value, dict) else None
+        if sample_id is not None and str(sample_id) in exclude_ids:
+            continue
+        problems = conversation_problems(item.value)
+        if problems:
+            kind, message = problems[0]
+            raise LlavaDataError(DataProblem(kind, message, str(path), item.line, sample_id))
+        row = _normalise(item.value)
+        if image_root is not None:
+            for image in row["images"]:
+                try:
+                    resolve_image_path(image_root, image)
+                except ValueError as error:
+                    raise LlavaDataError(
+                        DataProblem("unsafe_image_path", str(error), str(path), item.line, row["id"])
+                    ) from None
+        rows.append(row)
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "images": datasets.Sequence(datasets.Value("string")),
+            "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}],
+            "extra": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def text_to_content(text: str) -> list[dict[str, Any]]:
+    """Split a LLaVA turn into typed blocks: `"<image>\\nQ"` -> `[{"type": "image"}, {"type": "text", "text": "Q"}]`."""
+    blocks = []
+    for piece in _PLACEHOLDER_SPLIT.split(text):
+        if piece == IMAGE_PLACEHOLDER:
+            blocks.append({"type": "image", "text": None})
+        elif piece:
+            blocks.append({"type": "text", "text": piece})
+    return blocks
+
+
+def content_to_text(content: str | list[dict[str, Any]]) -> str:
+    """Inverse of `text_to_content` (blocks joined by newlines, as the chat templates render them)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(IMAGE_PLACEHOLDER if block["type"] == "image" else (block.get("text") or "") for block in content)
+
+
+def place_first_turn_image(content: list[dict[str, Any]], image_first: bool) -> list[dict[str, Any]]:
+    """Eq. (2) of the paper: put the first turn's images all before or all after its text."""
+    images = [block for block in content if block["type"] == "image"]
+    texts = [block for block in content if block["type"] != "image"]
+    return images + texts if image_first else texts + images
+
+
+def llava_to_messages(
+    conversations: list[dict[str, str]], image_first: bool | None = None
+) -> list[dict[str, Any]]:
+    """LLaVA turns -> TRL messages with typed content.
+
+    Args:
+        conversations: `[{"from": "human"|"gpt"|"system", "value": str}, ...]`.
+        image_first: `None` keeps the images where the data puts them; `True`/`False` moves the first user
+            turn's images before/after its question (eq. (2)). Later turns are never changed.
+    """
+    messages = []
+    for turn in conversations:
+        role = LLAVA_TO_ROLE[turn["from"]]
+        content = text_to_content(turn["value"])
+        if image_first is not None and role == "user" and not any(m["role"] == "user" for m in messages):
+            content = place_first_turn_image(content, image_first)
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def messages_to_llava(example: dict[str, Any]) -> dict[str, Any]:
+    """TRL example (`messages`, `images` as relative paths, optional `id`/`extra`) -> LLaVA record."""
+    record: dict[str, Any] = {}
+    if example.get("id") is not None:
+        record["id"] = example["id"]
+    images = list(example.get("images") or [])
+    if any(not isinstance(image, str) for image in images):
+        raise ValueError("messages_to_llava needs image paths in `images`, not loaded images.")
+    if len(images) == 1:
+        record["image"] = images[0]
+    elif images:
+        record["image"] = images
+    record["conversations"] = [
+        {"from": ROLE_TO_LLAVA[message["role"]], "value": content_to_text(message["content"])}
+        for message in example["messages"]
+    ]
+    if example.get("extra"):
+        record.update(json.loads(example["extra"]))
+    return record
+
+
+def image_first_draw(seed: int, sample_id: str, image_first_ratio: float) -> bool:
+    """The seeded coin of eq. (2) for one sample; it depends only on (seed, id), not on dataset order."""
+    return random.Random(f"{seed}/{sample_id}").random() < image_first_ratio
+
+
+def to_trl_dataset(
+    dataset: datasets.Dataset,
+    image_root: str | os.PathLike | None = None,
+    image_first_ratio: float | None = None,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> datasets.Dataset:
+    """LLaVA dataset (from `load_llava_dataset`) -> TRL vision dataset with `messages` and `images`.
+
+    Args:
+        image_root: when given, reading a row loads its images (RGB, safely, see `processing.images`); the
+            stored column keeps the relative paths, so nothing is decoded until a row is used.
+        image_first_ratio: `None` keeps the data's placement; a number p in [0, 1] applies eq. (2): each
+            sample's first-turn images go before the question with probability p, after it otherwise, drawn
+            from `seed` and the sample id (reproducible, independent of order and sharding).
+    """
+    if image_first_ratio is not None and not 0.0 <= image_first_ratio <= 1.0:
+        raise ValueError(f"image_first_ratio must be in [0, 1], got {image_first_ratio}")
+
+    def convert(example: dict[str, Any]) -> dict[str, Any]:
+        image_first = None
+        if image_first_ratio is not None and example["images"]:
+            image_first = image_first_draw(seed, example["id"], image_first_ratio)
+        return {"messages": llava_to_messages(example["conversations"], image_first)}
+
+    converted = dataset.map(convert, remove_columns=["conversations"])
+    if image_root is not None:
+        converted = converted.with_transform(LazyImageLoader(image_root, max_pixels))
+    return converted
+
+
+__all__ = [
+    "DataProblem",
+    "LlavaDataError",
+    "RawRecord",
+    "conversation_problems",
+    "content_to_text",
+    "image_first_draw",
+    "iter_raw_records",
+    "llava_to_messages",
+    "load_llava_dataset",
+    "messages_to_llava",
+    "place_first_turn_image",
+    "record_images",
+    "text_to_content",
+    "to_trl_dataset",
+]
