@@ -17,11 +17,14 @@ from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB, tiny_llava_config
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARACTERS = list(string.printable[:95]) + ["\n"]  # digits, letters, punctuation, space, newline
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]  # single tokens, so that ChatML samples stay short
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer whose ids fit `TINY_VOCAB`, with `<image>` at `TINY_IMAGE_TOKEN_ID`."""
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    for token in CHATML_TOKENS:
+        vocab[token] = len(vocab)
     vocab["<image>"] = TINY_IMAGE_TOKEN_ID
     assert len(vocab) <= TINY_VOCAB and max(vocab.values()) == TINY_VOCAB - 1
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -30,11 +33,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": [*CHATML_TOKENS, "<image>"]})
     return tokenizer
 
 
-def tiny_processor(template: str = "paper"):
+def tiny_processor(template: str = "chatml"):
     """A `LlavaProcessor` for `tiny_llava_config()`: 30x30 images, 25 image tokens, the given chat template."""
     from transformers import CLIPImageProcessorPil
 
@@ -116,7 +119,7 @@ def write_dataset(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def save_tiny_model(folder: Path, template: str = "paper", seed: int = 0) -> Path:
+def save_tiny_model(folder: Path, template: str = "chatml", seed: int = 0) -> Path:
     """Save `tiny_llava_model(seed)` and `tiny_processor(template)` as a loadable model folder."""
     from conftest import tiny_llava_model
 

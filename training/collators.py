@@ -126,17 +126,14 @@ class LlavaDataCollator:
             chat_template=self.chat_template,
             tokenize=True,
             return_dict=True,
+            return_tensors="pt",
             return_assistant_tokens_mask=True,
             # The templates write the BOS themselves; adding special tokens again would double it.
             processor_kwargs={"add_special_tokens": False, "padding": False, "truncation": False},
         )
-        input_ids = list(encoded["input_ids"][0] if _is_nested(encoded["input_ids"]) else encoded["input_ids"])
-        mask = encoded["assistant_masks"]
-        mask = list(mask[0] if _is_nested(mask) else mask)
-        labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, mask)]
+        input_ids = encoded["input_ids"][0].tolist()
+        labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, encoded["assistant_masks"][0].tolist())]
         pixel_values = encoded.get("pixel_values") if images else None
-        if pixel_values is not None and not isinstance(pixel_values, torch.Tensor):
-            pixel_values = torch.as_tensor(pixel_values)
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "images": images}
 
     def problem(self, encoded: dict[str, Any]) -> str | None:
@@ -199,11 +196,6 @@ class LlavaDataCollator:
         return BatchFeature(batch)
 
 
-def _is_nested(values: Any) -> bool:
-    first = values[0] if len(values) else None
-    return isinstance(first, (list, tuple)) or (isinstance(first, torch.Tensor) and first.dim() > 0)
-
-
 def stage1_collator(processor, max_length: int | None = 2048, on_bad_sample: str = "error", **kwargs) -> LlavaDataCollator:
     """The stage-1 collator: the `plain` template (image then caption), loss on the caption and its end only."""
     from processing.templates import get_chat_template
@@ -236,7 +228,18 @@ def resolve_template(chat_template: str | None, processor) -> str | None:
     return get_chat_template(chat_template, tokenizer=processor.tokenizer)
 
 
-def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedSample]:
+@dataclass(frozen=True)
+class SampleScan:
+    """What the pre-training scan learnt about one sample: its id, length (image tokens included), number of
+    images and the reason it cannot be trained on (`None` when it can)."""
+
+    sample_id: str
+    length: int
+    num_images: int
+    problem: str | None
+
+
+def scan_samples(dataset, collator: LlavaDataCollator) -> list[SampleScan]:
     """Run the collator's per-sample checks over a whole TRL dataset before training, without decoding images.
 
     Length and supervision do not depend on pixels: each sample is rendered and tokenized with one `<image>`
@@ -247,7 +250,7 @@ def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedS
     tokenizer = collator.processor.tokenizer
     template = collator.chat_template if collator.chat_template is not None else collator.processor.chat_template
     extra_per_image = collator.processor.image_seq_length - 1
-    problems = []
+    scans = []
     for position, row in enumerate(raw):
         rendered = tokenizer.apply_chat_template(
             row["messages"], chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
@@ -255,10 +258,14 @@ def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedS
         num_images = len(row.get("images") or [])
         input_ids = list(rendered["input_ids"]) + [None] * (num_images * extra_per_image)
         labels = [1 if keep else IGNORE_INDEX for keep in rendered["assistant_masks"]]
-        reason = collator.problem({"input_ids": input_ids, "labels": labels, "images": [None] * num_images})
-        if reason is not None:
-            problems.append(SkippedSample(_sample_id(row, position), reason))
-    return problems
+        problem = collator.problem({"input_ids": input_ids, "labels": labels, "images": [None] * num_images})
+        scans.append(SampleScan(_sample_id(row, position), len(input_ids), num_images, problem))
+    return scans
+
+
+def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedSample]:
+    """The samples of `dataset` the collator would refuse (see `scan_samples`)."""
+    return [SkippedSample(scan.sample_id, scan.problem) for scan in scan_samples(dataset, collator) if scan.problem]
 
 
 __all__ = [
@@ -266,7 +273,9 @@ __all__ = [
     "LlavaDataCollator",
     "SkippedSample",
     "UnusableSampleError",
+    "SampleScan",
     "find_unusable_samples",
+    "scan_samples",
     "resolve_template",
     "stage1_collator",
     "stage2_collator",
