@@ -253,9 +253,10 @@ def _remove_fused_head(model) -> None:
 
 
 def train(
-    args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None
+    args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None, callbacks=None
 ) -> TrainOutput:
-    """Run one training stage. `model` and `processor` default to the ones `args` names."""
+    """Run one training stage. `model` and `processor` default to the ones `args` names; `callbacks` are extra
+    `transformers.TrainerCallback`s."""
     from .collators import LlavaDataCollator, resolve_template
     from .trainer import LlavaSFTTrainer, configure_trainable_parameters
 
@@ -320,6 +321,7 @@ def train(
         projector_learning_rate=args.projector_learning_rate,
         group_by_modality_length=args.group_by_modality_length,
         sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
+        callbacks=callbacks,
     )
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
@@ -363,7 +365,7 @@ def train(
     )
 
 
-def run(config: dict[str, Any], model=None, processor=None) -> TrainOutput:
+def run(config: dict[str, Any], model=None, processor=None, callbacks=None) -> TrainOutput:
     """Train in-process from a config dict (the same keys as the YAML files and `llava train` flags).
 
     Example:
@@ -373,7 +375,7 @@ def run(config: dict[str, Any], model=None, processor=None) -> TrainOutput:
         ...             "output_dir": "runs/stage2"}, model=out1.model, processor=out1.processor)
     """
     script_args, training_args = parse_config(dict(config))
-    return train(script_args, training_args, model=model, processor=processor)
+    return train(script_args, training_args, model=model, processor=processor, callbacks=callbacks)
 
 
 def main(argv: list[str] | None = None) -> int:
