@@ -164,6 +164,16 @@ class LlavaSFTConfig(SFTConfig):
         "(see --on_bad_data), never truncated."},
     )
 
+    # TRL's default turns the deprecated `gradient_checkpointing` alias on, which makes transformers warn on every
+    # run; the same default (on) under the current name.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of --activation_checkpointing."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (default on; off for tiny runs)."},
+    )
+
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and _accelerator_has_bf16()
