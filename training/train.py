@@ -306,6 +306,8 @@ def train(
         collator = attach_feature_cache(collator, model, args.feature_cache_dir)
 
     dataset, scans, skipped = prepare_dataset(args, training_args, collator)
+    if args.feature_cache_dir is not None:
+        logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
     output_dir = Path(training_args.output_dir)
     if skipped:
         _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
