@@ -13,6 +13,7 @@ from processing.llava_data import load_llava_dataset, to_trl_dataset
 from training.collators import stage1_collator
 from training.feature_cache import attach_feature_cache, vision_fingerprint
 from training.train import run
+from training.trainer import configure_trainable_parameters
 from training_fixtures import caption_records, save_tiny_model, write_dataset, write_images
 
 
@@ -27,7 +28,8 @@ def workdir(tmp_path_factory):
 
 def test_cached_batch_gives_the_same_loss_and_projector_gradient(workdir, tmp_path):
     model = tiny_llava_model()
-    processor = LlavaProcessor.from_pretrained(workdir / "base")
+    configure_trainable_parameters(model, stage=1)
+    processor = LlavaProcessor.from_pretrained(workdir / "base", trust_remote_code=True)
     dataset = to_trl_dataset(load_llava_dataset(workdir / "captions.json", workdir / "images"), workdir / "images")
     collator = stage1_collator(processor, max_length=512)
     cached = attach_feature_cache(collator, model, tmp_path / "cache")

@@ -99,7 +99,7 @@ def test_trl_loss_equals_model_loss_and_the_projector_gets_gradients(workdir):
     from processing import LlavaProcessor
 
     model = tiny_llava_model().train()
-    processor = LlavaProcessor.from_pretrained(workdir / "base")
+    processor = LlavaProcessor.from_pretrained(workdir / "base", trust_remote_code=True)
     configure_trainable_parameters(model, stage=1)
     dataset = to_trl_dataset(load_llava_dataset(workdir / "captions.json", workdir / "images"), workdir / "images")
     collator = stage1_collator(processor, max_length=512)

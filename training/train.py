@@ -109,7 +109,9 @@ def load_model_and_processor(args: LlavaTrainArguments):
     dtype = _torch_dtype(args.dtype)
     if args.model_name_or_path is not None:
         model = LlavaForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype)
-        processor = LlavaProcessor.from_pretrained(args.model_name_or_path)
+        # The tokenizer's Auto class reads the folder's remote-code config.json; without trust_remote_code it would
+        # stop and ask on the terminal. The folder's code is this project's own (copied there by save_pretrained).
+        processor = LlavaProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
         return model, processor
     if args.vision_tower is None or args.language_model is None:
         raise ValueError("Set model_name_or_path, or both vision_tower and language_model to build a new model.")
