@@ -13,8 +13,13 @@ import sys
 # name -> (module, one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
+    "coco-contexts": ("processing.coco", "COCO captions + instances -> teacher contexts JSONL (captions and 0-1 boxes)."),
     "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
     "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
+    "expand-captions": ("processing.instructions", "Stage-1 data: image-caption pairs -> one-turn conversations (Table 8)."),
+    "filter-captions": ("datagen.caption_filter", "Appendix A: filter a caption set by noun-phrase frequency (+ Fig. 2 plot)."),
+    "generate-data": ("datagen.generate", "Generate instruction data with a teacher LLM (conversation/detail/complex)."),
+    "mix-data": ("datagen.mix", "Mix generated conversation/detail/complex samples with given proportions."),
     "train": ("training.train", "Train LLaVA (stage 1 feature alignment or stage 2 instruction tuning) with TRL."),
     "validate": ("processing.validate", "Check a LLaVA JSON/JSONL dataset (images, turns, lengths) before training."),
 }

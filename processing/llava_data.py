@@ -18,9 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from .images import DEFAULT_MAX_PIXELS, LazyImageLoader, resolve_image_path
 
@@ -29,8 +27,13 @@ IMAGE_PLACEHOLDER = "<image>"
 LLAVA_TO_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 ROLE_TO_LLAVA = {role: speaker for speaker, role in LLAVA_TO_ROLE.items()}
 _KNOWN_FIELDS = ("id", "image", "conversations")
-# A placeholder together with the newline that LLaVA data puts between it and the text ("<image>\nQ", "Q\n<image>").
-_PLACEHOLDER_SPLIT = re.compile(r"\n?(" + re.escape(IMAGE_PLACEHOLDER) + r")\n?")
+
+if TYPE_CHECKING:
+    import datasets
+# A placeholder together with the single newline that LLaVA data puts between it and the text ("<image>\nQ",
+# "Q\n<image>"). The newline is only taken when no other whitespace touches it, so that `content_to_text` (which
+# puts back a newline exactly where no whitespace separates a block from the next) restores the text exactly.
+_PLACEHOLDER_SPLIT = re.compile(r"(?:(?<!\s)\n)?(" + re.escape(IMAGE_PLACEHOLDER) + r")(?:\n(?!\s))?")
 
 
 @dataclass(frozen=True)
@@ -192,18 +195,25 @@ def load_llava_dataset(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     exclude_ids: set[str] | None = None,
+    skip_unreadable_lines: bool = False,
 ) -> datasets.Dataset:
     """Read a LLaVA JSON/JSONL file into a `datasets.Dataset` (columns `id`, `images`, `conversations`, `extra`).
 
     Images are not opened here (see `to_trl_dataset` for lazy loading); with `image_root`, every image path is
     checked to stay inside it. The reader is strict: the first unreadable line or malformed sample raises
     `LlavaDataError` naming file, line and sample id. To skip bad samples instead, run
-    `processing.validate.check_dataset` first and pass its `failing_ids` as `exclude_ids`.
+    `processing.validate.check_dataset` first, report what it found, and pass its `failing_ids` as
+    `exclude_ids` and `skip_unreadable_lines=True` (lines that are not JSON or not UTF-8 have no id; a JSON
+    array stops at its first syntax error either way).
     """
+    import datasets  # here rather than at the top: `llava validate` does not need it
+
     exclude_ids = exclude_ids or set()
     rows = []
     for item in iter_raw_records(path):
         if isinstance(item, DataProblem):
+            if skip_unreadable_lines:
+                continue
             raise LlavaDataError(item)
         sample_id = item.value.get("id") if isinstance(item.value, dict) else None
         if sample_id is not None and str(sample_id) in exclude_ids:
@@ -245,10 +255,22 @@ def text_to_content(text: str) -> list[dict[str, Any]]:
 
 
 def content_to_text(content: str | list[dict[str, Any]]) -> str:
-    """Inverse of `text_to_content` (blocks joined by newlines, as the chat templates render them)."""
+    """Inverse of `text_to_content`, and the same text the chat templates' `render_content` macro writes.
+
+    Blocks are joined with a newline, except where the text on either side of the join already has whitespace
+    there: `[image, "Q"]` -> `"<image>\nQ"`, `["Compare ", image, " and"]` -> `"Compare <image> and"`.
+    """
     if isinstance(content, str):
         return content
-    return "\n".join(IMAGE_PLACEHOLDER if block["type"] == "image" else (block.get("text") or "") for block in content)
+    text = ""
+    for block in content:
+        piece = IMAGE_PLACEHOLDER if block["type"] == "image" else (block.get("text") or "")
+        if not piece:
+            continue
+        if text and not (text[-1].isspace() or piece[0].isspace()):
+            text += "\n"
+        text += piece
+    return text
 
 
 def place_first_turn_image(content: list[dict[str, Any]], image_first: bool) -> list[dict[str, Any]]:

@@ -216,3 +216,43 @@ def test_image_text_to_text_pipeline_with_a_tiny_llava():
     prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
     out = pipe(images=[gradient_image(40, 30)], text=prompt, max_new_tokens=3, do_sample=False, return_full_text=False)
     assert isinstance(out[0]["generated_text"], str) and "<image>" not in out[0]["generated_text"]
+
+
+def test_pipeline_loads_the_projects_model_and_processor_from_a_folder(tmp_path):
+    """A folder with our model and our processor, loaded by repo path with trust_remote_code, generates."""
+    from transformers import CLIPVisionConfig, LlamaConfig, pipeline
+
+    from modeling_llava import LlavaConfig, LlavaForCausalLM
+
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=30, patch_size=6
+    )
+    processor = make_processor(template="paper", image_seq_length=25)
+    tokenizer = processor.tokenizer
+    text = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=processor.image_token_id)
+    assert config.image_seq_length == processor.image_seq_length
+    LlavaForCausalLM(config).eval().save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    pipe = pipeline("image-text-to-text", model=str(tmp_path), trust_remote_code=True)
+    assert type(pipe.processor).__name__ == "LlavaRemoteProcessor"
+    chat = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image", "image": gradient_image(40, 30)}]}]
+    out = pipe(text=chat, max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+    # Batched generation pads on the left, so every prompt ends right where generation starts.
+    assert pipe.processor.tokenizer.padding_side == "left"
+    batch = pipe(text=[chat, [{**chat[0], "content": chat[0]["content"][::-1]}]], max_new_tokens=2, do_sample=False, batch_size=2)
+    assert len(batch) == 2
+
+    # "image-to-text" is redirected to the same task; a prompt with <image> and an image works there too.
+    captioner = pipeline("image-to-text", model=str(tmp_path), trust_remote_code=True)
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+    out = captioner(images=gradient_image(40, 30), text=prompt, max_new_tokens=3, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)

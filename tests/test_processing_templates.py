@@ -133,3 +133,38 @@ def test_own_template_refuses_what_it_cannot_reproduce():
     tokenizer.chat_template = None
     with pytest.raises(TemplateDerivationError, match="no \\(single\\) chat template"):
         get_chat_template("own", tokenizer)
+
+
+def test_resolve_chat_template_choices():
+    from processing.templates import resolve_chat_template
+
+    tokenizer = smollm2_tokenizer()
+    assert resolve_chat_template("vicuna_v1") == get_chat_template("vicuna_v1")
+    assert resolve_chat_template(None, tokenizer) == get_chat_template("own", tokenizer)
+    custom = "{{ messages[0]['content'] }}"
+    assert resolve_chat_template(custom) == custom
+    tokenizer.chat_template = "{% for m in messages %}{{ loop.index }}. {{ m['content'] }}\n{% endfor %}"
+    assert resolve_chat_template(None, tokenizer) == get_chat_template("paper")
+    assert resolve_chat_template(None, None) == get_chat_template("paper")
+    with pytest.raises(ValueError, match="neither a template name"):
+        resolve_chat_template("vicuna")
+
+
+def test_own_template_on_many_real_templates_is_exact_or_refused():
+    """TRL ships the chat templates of ~40 model families: each one is reproduced exactly or clearly refused."""
+    from pathlib import Path
+
+    import trl
+
+    files = sorted(p for p in (Path(trl.__file__).parent / "chat_templates").glob("*.jinja") if "training" not in p.name)
+    assert len(files) > 20
+    tokenizer = smollm2_tokenizer()
+    derived = []
+    for path in files:
+        tokenizer.chat_template = path.read_text()
+        try:
+            get_chat_template("own", tokenizer)  # raises unless it renders text chats exactly like the original
+        except TemplateDerivationError:
+            continue
+        derived.append(path.stem)
+    assert {"llama3_1", "qwen2_5", "gemma3", "cohere"} <= set(derived)

@@ -11,12 +11,15 @@ so `get_chat_template` inlines that macro where a template says `{#- @content_ma
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 CONTENT_MACROS_MARKER = "{#- @content_macros -#}"
 FILE_TEMPLATES = ("paper", "vicuna_v1", "llama2", "plain", "chatml")
@@ -60,4 +63,31 @@ def get_chat_template(name: str, tokenizer: PreTrainedTokenizerBase | None = Non
     return template.replace(CONTENT_MACROS_MARKER, content_macros())
 
 
-__all__ = ["get_chat_template", "list_chat_templates", "content_macros"]
+def resolve_chat_template(chat_template: str | None, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """Turn a user's `chat_template` choice into a Jinja template.
+
+    Args:
+        chat_template: a name from `list_chat_templates()`, a Jinja template string (returned unchanged), or
+            `None`: the language model's own template made image-aware (`own`) when the tokenizer has one that
+            can be reproduced, else the paper's format (a warning says why).
+        tokenizer: the language model's tokenizer (needed for `own` and for the default).
+    """
+    if chat_template is None:
+        if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
+            from .own import TemplateDerivationError, derive_own_template
+
+            try:
+                return derive_own_template(tokenizer)
+            except TemplateDerivationError as error:
+                logger.warning("Using the paper's chat template: %s", error)
+        return get_chat_template("paper")
+    if chat_template in list_chat_templates():
+        return get_chat_template(chat_template, tokenizer)
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    raise ValueError(
+        f"chat_template {chat_template!r} is neither a template name ({list_chat_templates()}) nor a Jinja template."
+    )
+
+
+__all__ = ["get_chat_template", "list_chat_templates", "content_macros", "resolve_chat_template"]

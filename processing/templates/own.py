@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from jinja2 import TemplateError
+
 from . import CONTENT_MACROS_MARKER, content_macros
 
 
@@ -40,8 +42,8 @@ class TemplateParts:
     """The fixed text a chat template puts around each turn."""
 
     lead_without_system: str  # before the first user message's content when there is no system message
-    system_prefix: str  # before the system message's content
-    lead_after_system: str  # between the system message's content and the first user message's content
+    system_prefix: str | None  # before the system message's content; None: the template refuses system messages
+    lead_after_system: str | None  # between the system message's content and the first user message's content
     user_prefix: str  # before every later user message
     user_suffix: str
     assistant_prefix: str
@@ -76,9 +78,12 @@ def probe_template_parts(tokenizer: PreTrainedTokenizerBase, template: str) -> T
     """Learn the text around each turn of `template` by rendering probe conversations."""
 
     def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            return tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateError as error:
+            raise TemplateDerivationError(f"the template fails on {[m['role'] for m in messages]}: {error}") from None
 
     user_1 = {"role": "user", "content": _USER_1}
     assistant_1 = {"role": "assistant", "content": _ASSISTANT_1}
@@ -94,9 +99,13 @@ def probe_template_parts(tokenizer: PreTrainedTokenizerBase, template: str) -> T
     user_prefix = _strip_prefix(between, assistant_suffix, "assistant turn")
     lead_without_system = lead_and_user_prefix
 
-    with_system = render([{"role": "system", "content": _SYSTEM}, user_1])
-    system_prefix, rest = _cut(with_system, _SYSTEM, "system message")
-    lead_after_system, _ = _cut(rest, _USER_1, "user message")
+    try:
+        with_system = render([{"role": "system", "content": _SYSTEM}, user_1])
+    except TemplateDerivationError:  # e.g. Gemma's "System role not supported": the derived template refuses too
+        system_prefix = lead_after_system = None
+    else:
+        system_prefix, rest = _cut(with_system, _SYSTEM, "system message")
+        lead_after_system, _ = _cut(rest, _USER_1, "user message")
 
     assistant_stop, assistant_after = _split_stop(assistant_suffix, list(tokenizer.all_special_tokens))
     return TemplateParts(
@@ -115,10 +124,14 @@ def probe_template_parts(tokenizer: PreTrainedTokenizerBase, template: str) -> T
 def build_template(parts: TemplateParts) -> str:
     """Write a self-contained, image-aware template with generation markers from `parts`."""
     q = {name: json.dumps(value, ensure_ascii=False) for name, value in vars(parts).items()}
+    if parts.system_prefix is None:
+        system_line = "{{- raise_exception('This model\\'s chat template does not support system messages') -}}"
+    else:
+        system_line = f"{{{{- {q['system_prefix']} + render_content(messages[0]['content']) + {q['lead_after_system']} -}}}}"
     body = f"""{{#- Derived by processing.templates.own from the language model's own chat template. -#}}
 {CONTENT_MACROS_MARKER}
 {{%- if messages and messages[0]['role'] == 'system' -%}}
-    {{{{- {q['system_prefix']} + render_content(messages[0]['content']) + {q['lead_after_system']} -}}}}
+    {system_line}
     {{%- set turns = messages[1:] -%}}
 {{%- else -%}}
     {{{{- {q['lead_without_system']} -}}}}
@@ -143,7 +156,7 @@ def build_template(parts: TemplateParts) -> str:
     return body.replace(CONTENT_MACROS_MARKER, content_macros())
 
 
-def _check_same_rendering(tokenizer: PreTrainedTokenizerBase, original: str, derived: str) -> None:
+def _check_same_rendering(tokenizer: PreTrainedTokenizerBase, original: str, derived: str, with_system: bool) -> None:
     system = {"role": "system", "content": "Be brief."}
     turns = [
         {"role": "user", "content": "What is in the picture?"},
@@ -152,7 +165,8 @@ def _check_same_rendering(tokenizer: PreTrainedTokenizerBase, original: str, der
         {"role": "assistant", "content": "To the station, it seems."},
     ]
     cases = [(turns[:1], True), (turns[:2], False), (turns, False), (turns[:3], True)]
-    cases += [([system, *messages], prompt) for messages, prompt in cases]
+    if with_system:
+        cases += [([system, *messages], prompt) for messages, prompt in cases]
     for messages, prompt in cases:
         expected, got = (
             tokenizer.apply_chat_template(messages, chat_template=t, tokenize=False, add_generation_prompt=prompt)
@@ -160,7 +174,8 @@ def _check_same_rendering(tokenizer: PreTrainedTokenizerBase, original: str, der
         )
         if expected != got:
             raise TemplateDerivationError(
-                f"the derived template renders {messages} as {got!r} but the original renders {expected!r}"
+                f"Cannot derive the 'own' template: the derived template renders {messages} as {got!r} but the "
+                f"original renders {expected!r}"
             )
 
 
@@ -185,7 +200,7 @@ def derive_own_template(tokenizer: PreTrainedTokenizerBase) -> str:
     except TemplateDerivationError as error:
         raise TemplateDerivationError(f"Cannot derive the 'own' template from the tokenizer's: {error}.") from None
     derived = build_template(parts)
-    _check_same_rendering(tokenizer, original, derived)
+    _check_same_rendering(tokenizer, original, derived, with_system=parts.system_prefix is not None)
 
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
@@ -194,7 +209,7 @@ def derive_own_template(tokenizer: PreTrainedTokenizerBase) -> str:
             **{
                 **vars(parts),
                 "lead_without_system": bos + parts.lead_without_system,
-                "system_prefix": bos + parts.system_prefix,
+                "system_prefix": None if parts.system_prefix is None else bos + parts.system_prefix,
             }
         )
         derived = build_template(parts)

@@ -1,0 +1,99 @@
+"""Build the offline demo's data: synthetic scenes -> stage-1 pairs, stage-2 instructions, held-out questions.
+
+Training scenes become (a) stage-1 data: one caption per image expanded with a Table 8 instruction
+(`processing.instructions.expand_caption_pairs`), and (b) stage-2 data of the paper's three response
+types written by a teacher (by default the deterministic `TemplateTeacher`), mixed with configurable
+proportions. Held-out scenes become questions with one true answer for exact-match accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
+
+from .scenes import Scene, captions, write_scenes
+from .template_teacher import TemplateTeacher, exact_questions
+
+RESPONSE_TYPES = ("conversation", "detail", "complex")
+
+
+@dataclass(frozen=True)
+class DemoData:
+    root: Path
+    stage1: Path  # LLaVA JSON
+    stage2: Path  # LLaVA JSON
+    eval_questions: Path  # JSONL: id, image, type, question, answer
+    image_root: Path
+
+
+def stage2_records(
+    scenes: list[Scene],
+    rng: random.Random,
+    teacher: TemplateTeacher,
+    proportions: dict[str, float],
+    samples_per_scene: int,
+) -> list[dict]:
+    """Teacher-written samples; each draws its response type by `proportions` (paper: 58K/23K/77K)."""
+    kinds, weights = zip(*[(kind, proportions.get(kind, 0.0)) for kind in RESPONSE_TYPES])
+    records = []
+    for scene in scenes:
+        for index in range(samples_per_scene):
+            kind = rng.choices(kinds, weights=weights)[0]
+            turns = teacher.write(kind, scene, rng)
+            conversations = []
+            for turn, (question, answer) in enumerate(turns):
+                value = place_image_token(question, rng) if turn == 0 else question
+                conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
+            records.append(
+                {"id": f"{scene.id}-{kind}-{index}", "image": f"train/images/{scene.id}.png", "type": kind,
+                 "conversations": conversations}
+            )
+    rng.shuffle(records)
+    return records
+
+
+def build_demo_data(
+    root: str | Path,
+    train_scenes: int,
+    eval_scenes: int,
+    seed: int = 0,
+    image_size: int = 64,
+    stage2_samples_per_scene: int = 2,
+    proportions: dict[str, float] | None = None,
+) -> DemoData:
+    """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present)."""
+    root = Path(root)
+    data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
+    if all(path.is_file() for path in (data.stage1, data.stage2, data.eval_questions)):
+        return data
+    rng = random.Random(seed)
+    train = write_scenes(root / "train", train_scenes, seed=seed, image_size=image_size, prefix="train")
+    held_out = write_scenes(root / "eval", eval_scenes, seed=seed + 1, image_size=image_size, prefix="eval")
+
+    pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in train]
+    _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))
+    teacher = TemplateTeacher(list(detail_instructions()))
+    proportions = proportions or {"conversation": 0.6, "detail": 0.15, "complex": 0.25}
+    _write_json(data.stage2, stage2_records(train, rng, teacher, proportions, stage2_samples_per_scene))
+
+    lines = []
+    for scene in held_out:
+        for number, question in enumerate(exact_questions(scene)):
+            lines.append(json.dumps({"id": f"{scene.id}-q{number}", "image": f"eval/images/{scene.id}.png",
+                                     "type": question.type, "question": question.question, "answer": question.answer}))
+    _write_text(data.eval_questions, "\n".join(lines) + "\n")
+    return data
+
+
+def _write_json(path: Path, records) -> None:
+    _write_text(path, json.dumps(records, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

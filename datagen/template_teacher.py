@@ -1,0 +1,108 @@
+"""A deterministic "teacher" that writes the paper's three response types from scene symbols.
+
+The paper (§3) prompts a text-only LLM with captions and boxes; the offline demo cannot call one, so
+this teacher writes the same three types — conversation, detailed description, complex reasoning —
+from templates over the scene's known objects. It has the same shape as an LLM teacher (symbols in,
+LLaVA-format conversations out), so swapping in `datagen.teachers` changes nothing downstream.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, Scene
+
+SHORT_ANSWER_SUFFIX = "Answer with one word."
+QUESTION_TYPES = ("color", "shape", "count")
+
+
+@dataclass(frozen=True)
+class ExactQuestion:
+    """A question with exactly one true one-word answer (what the demo's accuracy measures)."""
+
+    type: str  # color | shape | count
+    question: str
+    answer: str
+
+
+def exact_questions(scene: Scene) -> list[ExactQuestion]:
+    """Every question with a single true answer: colour of a unique shape, shape at a position, object count."""
+    questions = []
+    for obj in scene.objects:
+        if len(scene.objects_with_shape(obj.shape)) == 1:
+            questions.append(ExactQuestion("color", f"What color is the {obj.shape}? {SHORT_ANSWER_SUFFIX}", obj.color))
+        questions.append(ExactQuestion("shape", f"What shape is on the {obj.position}? {SHORT_ANSWER_SUFFIX}", obj.shape))
+    questions.append(ExactQuestion("count", f"How many shapes are there? {SHORT_ANSWER_SUFFIX}", NUMBER_WORDS[len(scene.objects)]))
+    return questions
+
+
+def short_answer(word: str) -> str:
+    return word.capitalize() + "."
+
+
+def _listing(scene: Scene) -> str:
+    parts = [f"a {obj.name} on the {obj.position}" for obj in scene.objects]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+class TemplateTeacher:
+    """Writes conversation / detail / complex-reasoning samples for a scene (deterministic given `rng`)."""
+
+    name = "template-teacher"
+
+    def __init__(self, detail_questions: list[str]):
+        self.detail_questions = detail_questions
+
+    def conversation(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+        """Multi-turn Q/A with definite answers: the short-answer questions, in random order, 2-4 turns."""
+        turns = [(q.question, short_answer(q.answer)) for q in exact_questions(scene)]
+        rng.shuffle(turns)
+        return turns[: rng.randint(2, 4)]
+
+    def detail(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+        """One turn: a Table 9 instruction and a full description of every object."""
+        count = len(scene.objects)
+        noun = "shape" if count == 1 else "shapes"
+        sentences = [f"The image shows {NUMBER_WORDS[count]} {noun} on a plain, slightly noisy background."]
+        for obj in scene.objects:
+            x1, y1, x2, y2 = obj.bbox
+            size = "large" if (x2 - x1) > 0.26 else "small"
+            height = "upper" if (y1 + y2) / 2 < 0.4 else "lower" if (y1 + y2) / 2 > 0.6 else "central"
+            sentences.append(f"On the {obj.position} there is a {size} {obj.name} in the {height} part of the image.")
+        return [(rng.choice(self.detail_questions), " ".join(sentences))]
+
+    def complex_reasoning(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+        """One turn that needs combining facts: e.g. the colour of the leftmost shape, or comparing counts."""
+        leftmost = min(scene.objects, key=lambda obj: POSITIONS.index(obj.position))
+        choices = [
+            (
+                "What is the color of the leftmost shape, and what kind of shape is it?",
+                f"The leftmost shape is on the {leftmost.position}. It is a {leftmost.shape}, and its color is "
+                f"{leftmost.color}. So the leftmost shape is a {leftmost.name}.",
+            ),
+        ]
+        colors = {obj.color for obj in scene.objects}
+        if len(scene.objects) > 1:
+            same = len(colors) == 1
+            choices.append(
+                (
+                    "Do all the shapes in the image have the same color? Explain.",
+                    ("Yes. " if same else "No. ")
+                    + "Looking at each shape: "
+                    + "; ".join(f"the {obj.shape} on the {obj.position} is {obj.color}" for obj in scene.objects)
+                    + (". They all share one color." if same else f". That makes {len(colors)} different colors."),
+                )
+            )
+        return [rng.choice(choices)]
+
+    def write(self, kind: str, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+        return {"conversation": self.conversation, "detail": self.detail, "complex": self.complex_reasoning}[kind](scene, rng)
+
+
+#: Possible answers per question type, used to extract the answer word from a generated sentence.
+ANSWER_VOCABULARIES: dict[str, set[str]] = {
+    "color": set(COLORS),
+    "shape": set(SHAPES),
+    "count": set(NUMBER_WORDS.values()),
+}
