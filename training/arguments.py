@@ -22,6 +22,7 @@ class LlavaTrainArguments:
     stage: int = field(
         default=2,
         metadata={
+            "choices": [1, 2],
             "help": "1: feature alignment (vision tower and LLM frozen, only the projector trains, `plain` template, "
             "caption data). 2: visual instruction tuning (projector + LLM, or LoRA on the LLM; multi-turn chats)."
         },
@@ -50,7 +51,8 @@ class LlavaTrainArguments:
     )
     image_aspect_mode: str = field(
         default="resize",
-        metadata={"help": "Image preprocessing of a newly built model: resize (paper) or pad (LLaVA-1.5)."},
+        metadata={
+            "choices": ["resize", "pad"],"help": "Image preprocessing of a newly built model: resize (paper) or pad (LLaVA-1.5)."},
     )
     projector_path: str | None = field(
         default=None,
@@ -61,7 +63,8 @@ class LlavaTrainArguments:
     )
     dtype: str = field(
         default="float32",
-        metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16 or auto (the checkpoint's)."},
+        metadata={
+            "choices": ["float32", "bfloat16", "float16", "auto"],"help": "dtype the weights are loaded in: float32, bfloat16, float16 or auto (the checkpoint's)."},
     )
     data_path: str | None = field(
         default=None, metadata={"help": "Training data: a LLaVA JSON/JSONL file (id, image, conversations)."}
@@ -86,6 +89,7 @@ class LlavaTrainArguments:
     on_bad_data: str = field(
         default="error",
         metadata={
+            "choices": ["error", "skip"],
             "help": "What to do with samples that fail the checks before training (malformed, missing or unreadable "
             "images, longer than max_length, nothing to learn): `error` refuses to start and prints the report; "
             "`skip` leaves them out and writes the report to OUTPUT_DIR/skipped_samples.json. Never truncated."

@@ -220,12 +220,13 @@ def stage2_collator(
 
 
 def resolve_template(chat_template: str | None, processor) -> str | None:
-    """A template name (`paper`, `plain`, …, `own`) becomes its Jinja string; a Jinja string or `None` is kept."""
-    if chat_template is None or "{" in chat_template:
-        return chat_template
-    from processing.templates import get_chat_template
+    """A template name (`paper`, `plain`, ..., `own`) or Jinja string as a Jinja string; `None` (the processor's own
+    template) is kept."""
+    if chat_template is None:
+        return None
+    from processing.templates import resolve_chat_template
 
-    return get_chat_template(chat_template, tokenizer=processor.tokenizer)
+    return resolve_chat_template(chat_template, processor.tokenizer)
 
 
 @dataclass(frozen=True)
