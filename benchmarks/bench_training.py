@@ -2,7 +2,7 @@
 trained the same way (same weights, data, collator, TRL `SFTTrainer`, stage freezing), in one run so that the
 ratio is meaningful on a shared, noisy machine. Also stage 1 with the feature cache (after it is filled).
 
-    python benchmarks/bench_training.py [--steps 12] [--warmup 2] [--threads 2]
+    python benchmarks/bench_training.py [--steps 6] [--warmup 2] [--rounds 3] [--threads 2]
 
 Prints samples/s and tokens/s per stage and model, and the ratios. The models are small random ones (offline);
 the vision tower has enough layers for the paper's `vision_feature_layer=-2` to matter: ours never runs the last
@@ -105,9 +105,12 @@ def measure(model, processor, collator, dataset, stage: int, batch_size: int, st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12, help="measured optimizer steps per configuration")
+    parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before the clock starts")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each configuration is measured this many times, interleaved; the best round counts "
+                        "(other jobs on a shared machine only ever slow a round down)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -139,20 +142,30 @@ def main(argv: list[str] | None = None) -> int:
         "stage 1 (projector only)": (1, 8, lambda: stage1_collator(processor, max_length=1024), "captions.json"),
         "stage 2 (projector + LLM)": (2, 4, lambda: stage2_collator(processor, max_length=1024), "chats.json"),
     }
-    results = {}
+    def cached_model():
+        model = ours()
+        configure_trainable_parameters(model, stage=1)
+        collator = attach_feature_cache(stage1_collator(processor, max_length=1024), model, work / "cache")
+        collator.prefill(dataset("captions.json"))  # the first epoch's work; later epochs only read
+        return model, collator
+
+    runs = []  # (stage label, model name, builder returning (model, collator), stage, batch, data)
     for label, (stage, batch, make_collator, data) in stages.items():
         for name, build in (("ours", ours), ("built-in", builtin)):
-            results[(label, name)] = measure(build(), processor, make_collator(), dataset(data), stage, batch,
-                                             args.steps, args.warmup, work / "out")
-    model = ours()
-    configure_trainable_parameters(model, stage=1)
-    cached = attach_feature_cache(stage1_collator(processor, max_length=1024), model, work / "cache")
-    cached.prefill(dataset("captions.json"))
-    results[("stage 1 (projector only)", "ours + feature cache")] = measure(
-        model, processor, cached, dataset("captions.json"), 1, 8, args.steps, args.warmup, work / "out"
-    )
+            runs.append((label, name, lambda b=build, m=make_collator: (b(), m()), stage, batch, data))
+    runs.append(("stage 1 (projector only)", "ours + feature cache", cached_model, 1, 8, "captions.json"))
+    results: dict = {}
+    for _ in range(args.rounds):
+        for label, name, build, stage, batch, data in runs:
+            model, collator = build()
+            values = measure(model, processor, collator, dataset(data), stage, batch, args.steps, args.warmup,
+                             work / "out")
+            best = results.get((label, name))
+            if best is None or values["samples_per_s"] > best["samples_per_s"]:
+                results[(label, name)] = values
 
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps after {args.warmup} warm-up steps")
+    print(f"torch {torch.__version__}, {args.threads} threads, best of {args.rounds} interleaved rounds of "
+          f"{args.steps} steps after {args.warmup} warm-up steps")
     print(f"vision: CLIP {IMAGE_SIZE}px/{PATCH}, 6 layers, width 256, {config.image_seq_length} image tokens, "
           "features from layer -2; LLM: Llama 4 layers, width 256")
     print(f"{'configuration':28s} {'model':22s} {'samples/s':>10s} {'tokens/s':>10s} {'vs built-in':>12s}")

@@ -151,18 +151,26 @@ def load_projector(model, path: str | os.PathLike) -> None:
     projector.load_state_dict(state_dict)
 
 
-def save_projector(model, path: Path) -> Path:
-    """Write the projector alone with the original LLaVA key names (`model.mm_projector.*`), atomically."""
+def save_projector(model_dir: Path, config, path: Path) -> Path:
+    """Write the projector alone with the original LLaVA key names (`model.mm_projector.*`), atomically.
+
+    The weights are read from the model just saved in `model_dir` (only the projector's tensors are loaded), not
+    from memory: under ZeRO-3 or FSDP the in-memory parameters are shards, the saved file is whole.
+    """
+    from safetensors import safe_open
     from safetensors.torch import save_file
 
     from modeling_llava.convert import state_dict_to_original
 
-    ours = {
-        f"model.multi_modal_projector.{name}": tensor.detach().cpu().contiguous()
-        for name, tensor in model.model.multi_modal_projector.state_dict().items()
-    }
+    prefix = "model.multi_modal_projector."
+    ours = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            ours.update({key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)})
+    if not ours:
+        raise FileNotFoundError(f"No {prefix}* weights in the safetensors files of {model_dir}.")
     temporary = path.with_name(path.name + ".tmp")
-    save_file(state_dict_to_original(ours, model.config), str(temporary), metadata={"format": "pt"})
+    save_file(state_dict_to_original(ours, config), str(temporary), metadata={"format": "pt"})
     temporary.replace(path)
     return path
 
@@ -343,10 +351,12 @@ def train(
 
     projector_path = merged_dir = None
     model_dir = output_dir
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        if args.stage == 1:
-            projector_path = save_projector(base_model, output_dir / PROJECTOR_FILE)
+    trainer.save_model(str(output_dir))  # every rank takes part (ZeRO-3/FSDP gather); the main one writes
+    if args.stage == 1:
+        projector_path = output_dir / PROJECTOR_FILE
+        if trainer.is_world_process_zero():
+            save_projector(output_dir, base_model.config, projector_path)
+        trainer.accelerator.wait_for_everyone()
     final_model = base_model
     if is_peft and args.merge_lora:
         final_model = trained.merge_and_unload()
