@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "filter-captions": ("datagen.caption_filter", "Appendix A: filter a caption set by noun-phrase frequency (+ Fig. 2 plot)."),
     "generate-data": ("datagen.generate", "Generate instruction data with a teacher LLM (conversation/detail/complex)."),
     "mix-data": ("datagen.mix", "Mix generated conversation/detail/complex samples with given proportions."),
+    "train": ("training.train", "Train LLaVA (stage 1 feature alignment or stage 2 instruction tuning) with TRL."),
     "validate": ("processing.validate", "Check a LLaVA JSON/JSONL dataset (images, turns, lengths) before training."),
 }
 
