@@ -13,10 +13,10 @@ import argparse
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from evaluation.io import ResumableJsonl, require_keys
+from processing.images import load_image
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -44,15 +44,28 @@ class GenerationSettings:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("generation")
-        group.add_argument("--max-new-tokens", type=int, default=256, help="Most tokens generated per answer (default 256).")
-        group.add_argument("--temperature", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-        group.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (only with --temperature > 0).")
+        group.add_argument(
+            "--max-new-tokens", type=int, default=256, help="Most tokens generated per answer (default 256)."
+        )
+        group.add_argument(
+            "--temperature", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default)."
+        )
+        group.add_argument(
+            "--top-p", type=float, default=None, help="Nucleus sampling threshold (only with --temperature > 0)."
+        )
         group.add_argument("--num-beams", type=int, default=1, help="Beam search width (default 1 = no beam search).")
-        group.add_argument("--batch-size", type=int, default=8, help="Questions per generate call, left-padded (default 8).")
+        group.add_argument(
+            "--batch-size", type=int, default=8, help="Questions per generate call, left-padded (default 8)."
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
-        return cls(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams)
+        return cls(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+        )
 
 
 def load_model_and_processor(model_id: str, device: str | None = None, dtype: str = "auto"):
@@ -96,10 +109,17 @@ class BatchAnswerer:
             tokenizer.pad_token = tokenizer.eos_token
 
     def prompts(self, conversations: Sequence[list[dict[str, Any]]]) -> list[str]:
-        return [self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) for messages in conversations]
+        return [
+            self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            for messages in conversations
+        ]
 
-    def __call__(self, conversations: Sequence[list[dict[str, Any]]], images: Sequence[Any] | None,
-                 settings: GenerationSettings | None = None) -> list[str]:
+    def __call__(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        images: Sequence[Any] | None,
+        settings: GenerationSettings | None = None,
+    ) -> list[str]:
         """Answer one batch. `images` holds the batch's images in the order of their image blocks
         (one per conversation for question files), or is `None`/empty for a text-only batch."""
         import torch
@@ -113,19 +133,8 @@ class BatchAnswerer:
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def load_image(image_root: str | os.PathLike | None, relative: str):
-    """Open one question image as RGB, naming the file when it is missing."""
-    from PIL import Image
-
-    path = Path(image_root or ".") / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"question image {path} not found (image paths are relative to --image-root)")
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def answer_questions(
@@ -157,17 +166,29 @@ def answer_questions(
         seen.add(question_id)
 
     with ResumableJsonl(output_path) as store:
+        others = sorted({str(r.get("model_id")) for r in store} - {model_id})
+        if others:
+            raise ValueError(
+                f"{output_path} holds predictions of another model ({others[0]!r}, not {model_id!r}); "
+                "use another output folder, or delete the file to start over"
+            )
         todo = [q for q in questions if str(q["question_id"]) not in store]
         with_image = [q for q in todo if q.get("image")]
         text_only = [q for q in todo if not q.get("image")]
         settings = getattr(answerer, "settings", None)
         generation = asdict(settings) if settings is not None else None
-        progress = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering", unit="q", disable=not show_progress)
+        progress = tqdm(
+            total=len(questions),
+            initial=len(questions) - len(todo),
+            desc="answering",
+            unit="q",
+            disable=not show_progress,
+        )
         for group in (with_image, text_only):
             for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
+                batch = group[start : start + batch_size]
                 conversations = [build_messages(q["text"], 1 if q.get("image") else 0) for q in batch]
-                images = [load_image(image_root, q["image"]) for q in batch] if batch[0].get("image") else None
+                images = [load_image(image_root or ".", q["image"]) for q in batch] if batch[0].get("image") else None
                 answers = answerer(conversations, images)
                 if len(answers) != len(batch):
                     raise RuntimeError(f"the answerer returned {len(answers)} answers for a batch of {len(batch)}")

@@ -10,7 +10,8 @@ The reported number is mean(model score) / mean(reference score) × 100, per que
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,7 +86,9 @@ def build_judge_messages(
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _PAIR_LINE = re.compile(rf"^\W*{_NUMBER}\s*(?:/\s*10)?\s*[,;\s]\s*{_NUMBER}\s*(?:/\s*10)?\W*$")
-_LABELLED = re.compile(rf"Assistant\s*([12])\s*(?:\*\*)?\s*(?:score)?\s*[:=\-]?\s*(?:\*\*)?\s*{_NUMBER}", re.IGNORECASE)
+_LABELLED = re.compile(
+    rf"Assistant\s*([12])\s*(?:\*\*)?\s*(?:score)?\s*[:=\-]?\s*(?:\*\*)?\s*{_NUMBER}", re.IGNORECASE
+)
 _TUPLE = re.compile(rf"\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)")
 
 
@@ -176,7 +179,9 @@ def judge_one(
         pair = parse_judge_scores(reply.text)
         if pair is not None:
             first, second = pair
-            scores = {"reference": first, "model": second} if reference_first else {"reference": second, "model": first}
+            scores = (
+                {"reference": first, "model": second} if reference_first else {"reference": second, "model": first}
+            )
             break
     review: dict[str, Any] = {
         "question_id": item.question_id,
@@ -214,7 +219,9 @@ def relative_scores(reviews: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
         if review.get("scores") is not None:
             entry["scores"].append(review["scores"])
 
-    buckets: dict[str, dict[str, list]] = {name: {"model": [], "reference": [], "unscored": []} for name in (*QUESTION_TYPES, "all")}
+    buckets: dict[str, dict[str, list]] = {
+        name: {"model": [], "reference": [], "unscored": []} for name in (*QUESTION_TYPES, "all")
+    }
     for question_id, entry in per_question.items():
         for bucket in (buckets[entry["type"]], buckets["all"]):
             if not entry["scores"]:
@@ -239,3 +246,50 @@ def relative_scores(reviews: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
             "unscored": len(bucket["unscored"]),
         }
     return results
+
+
+def judge_all(
+    judge: ChatJudge,
+    tasks: Sequence[tuple[JudgeItem, str]],
+    record: Callable[[dict[str, Any]], None],
+    *,
+    judge_id: str,
+    max_attempts: int = 3,
+    concurrency: int = 4,
+    progress: bool = True,
+) -> None:
+    """Judge every `(item, order)` with at most `concurrency` requests in flight.
+
+    Each finished review goes to `record` (from this thread, so a file sees no interleaved
+    lines) as soon as it arrives. If the judge fails for good (a `TeacherError`), the requests not
+    yet started are cancelled, the reviews finished so far are already recorded, and the error is
+    raised: rerunning resumes from there.
+    """
+    from tqdm.auto import tqdm
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+
+    def review(item: JudgeItem, order: str) -> dict[str, Any]:
+        return judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=max_attempts)
+
+    pending = iter(tasks)
+    in_flight: set[Future] = set()
+    bar = tqdm(total=len(tasks), desc="judging", unit="review", disable=not progress)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            while True:
+                while len(in_flight) < concurrency and (task := next(pending, None)) is not None:
+                    in_flight.add(pool.submit(review, *task))
+                if not in_flight:
+                    break
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+                    bar.update(1)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+        finally:
+            bar.close()

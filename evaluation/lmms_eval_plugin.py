@@ -22,7 +22,13 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 
-from evaluation.answer import BatchAnswerer, GenerationSettings, build_messages, load_model_and_processor, truncate_at_stops
+from evaluation.answer import (
+    BatchAnswerer,
+    GenerationSettings,
+    build_messages,
+    load_model_and_processor,
+    truncate_at_stops,
+)
 
 MODEL_NAME = "llava_remote"
 
@@ -48,8 +54,15 @@ class LlavaRemoteLmms(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, device: str | None = None, dtype: str = "auto", batch_size: int | str = 1,
-                 max_new_tokens: int = 256, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        max_new_tokens: int = 256,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(f"{MODEL_NAME}: unknown model_args {sorted(kwargs)}")
@@ -111,7 +124,9 @@ class LlavaRemoteLmms(lmms):
         results = []
         for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
-            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self.task_dict[task][split][doc_id])
+            continuation = (
+                doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self.task_dict[task][split][doc_id])
+            )
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
             prompt = self.answerer.prompts([build_messages(context, len(visuals))])[0]
             images = visuals or None

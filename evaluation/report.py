@@ -10,6 +10,7 @@ from typing import Any
 
 from evaluation.io import write_atomic, write_json_atomic
 from evaluation.judge import QUESTION_TYPES
+from processing.images import ImageLoadError, load_image
 
 THUMBNAIL_SIZE = (256, 256)
 
@@ -23,7 +24,10 @@ def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Pat
 
 def judge_table(results: dict[str, dict[str, Any]]) -> str:
     """The paper's Table 3 layout: relative score per type and overall, with both means."""
-    lines = ["| Type | Relative score | Model mean | Reference mean | Scored | Unscored |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Type | Relative score | Model mean | Reference mean | Scored | Unscored |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in (*QUESTION_TYPES, "all"):
         if name not in results:
             continue
@@ -37,7 +41,10 @@ def judge_table(results: dict[str, dict[str, Any]]) -> str:
 
 def pope_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per POPE subset (and `all`): accuracy, precision, recall, F1 (%) and yes-ratio."""
-    lines = ["| Subset | Accuracy | Precision | Recall | F1 | Yes-ratio | Questions |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Subset | Accuracy | Precision | Recall | F1 | Yes-ratio | Questions |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in results.items():
         cells = [_fmt(100 * row[key], 2) for key in ("accuracy", "precision", "recall", "f1", "yes_ratio")]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['count']} |")
@@ -60,23 +67,20 @@ def render_examples(
     Images are copied as thumbnails into `output_dir/report_images/` so that the report stays valid
     when the data folder moves; a missing image is noted, not fatal (the metrics are already written).
     """
-    from PIL import Image
-
     blocks = []
     for example in examples:
         lines = [f"### {example['id']}", ""]
         if example.get("image"):
-            source = Path(image_root or ".") / example["image"]
-            if source.is_file():
+            try:
+                image = load_image(image_root or ".", example["image"])
+            except ImageLoadError as error:
+                lines += [f"*(image not shown: {error})*", ""]
+            else:
                 target = Path(output_dir) / "report_images" / f"{_safe_name(str(example['id']))}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with Image.open(source) as image:
-                    image = image.convert("RGB")
-                    image.thumbnail(THUMBNAIL_SIZE)
-                    image.save(target)
+                image.thumbnail(THUMBNAIL_SIZE)
+                image.save(target)
                 lines += [f"![{example['id']}](report_images/{target.name})", ""]
-            else:
-                lines += [f"*(image {source} not found)*", ""]
         lines += [f"**Question:** {_escape(example['question'])}", "", f"**Answer:** {_escape(example['answer'])}", ""]
         if example.get("reference") is not None:
             lines += [f"**Reference:** {_escape(example['reference'])}", ""]

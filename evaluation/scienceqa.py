@@ -17,7 +17,7 @@ _THE_ANSWER_IS = re.compile(r"[Tt]he answer is:?\s*\(?([A-Z])\)?(?![A-Za-z])")
 def extract_answer(text: str | None, num_choices: int) -> str | None:
     """The option letter a prediction chooses, or `None` when it chooses none.
 
-    Rules, in order: the whole text is a bare letter (`"B"`); the text starts with `"B."`;
+    Rules, in order: the text (or its first line) is a bare letter (`"B"`); the text starts with `"B."`;
     the text says "The answer is B" (anywhere; the reasoning-first format puts it last). A letter
     beyond the question's choices, "The answer is" followed by two different letters, or none of
     the rules matching is a failure (`None`); failures count as wrong, never as a random guess.
@@ -26,8 +26,9 @@ def extract_answer(text: str | None, num_choices: int) -> str | None:
         return None
     valid = OPTION_LETTERS[:num_choices]
     stripped = text.strip()
-    if len(stripped) == 1:
-        return stripped if stripped in valid else None
+    first_line = stripped.splitlines()[0].strip()
+    if len(first_line) == 1:  # "B", or "B" alone on the first line (LLaVA's scorer reads "B\n..." as "B. ...")
+        return first_line if first_line in valid else None
     match = _PREFIX.match(stripped)
     if match:
         return match.group(1) if match.group(1) in valid else None
@@ -95,7 +96,7 @@ def build_arbiter_messages(problem: dict[str, Any], answer_1: str, answer_2: str
         f"[Assistant 1]\n{answer_1}\n[End of Assistant 1]\n\n"
         f"[Assistant 2]\n{answer_2}\n[End of Assistant 2]\n\n"
         "Decide which option is correct, using the question, the context and both answers. "
-        "Explain briefly, then end with exactly one sentence of the form \"The answer is X.\" where X "
+        'Explain briefly, then end with exactly one sentence of the form "The answer is X." where X '
         "is the letter of the correct option."
     )
     return [{"role": "system", "content": ARBITER_SYSTEM_PROMPT}, {"role": "user", "content": content}]

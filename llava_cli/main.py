@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preflight": ("hub_upload.preflight_cli", "Check that an export folder loads and runs for a Hub user, offline."),
     "push": ("hub_upload.push_cli", "Preflight an export folder, then upload it to the Hugging Face Hub."),
     "serve": ("inference.web_demo", "Serve the visual chat web demo (Gradio) on localhost."),
+    "train": ("training.train", "Train LLaVA (stage 1 feature alignment or stage 2 instruction tuning) with TRL."),
     "validate": ("processing.validate", "Check a LLaVA JSON/JSONL dataset (images, turns, lengths) before training."),
 }
 

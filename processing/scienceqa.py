@@ -44,7 +44,9 @@ def problem_categories(pid: str, problem: dict[str, Any]) -> list[str]:
     """
     subject = SUBJECT_CATEGORIES.get(problem["subject"])
     if subject is None:
-        raise ValueError(f"problem {pid}: unknown subject {problem['subject']!r}; expected one of {sorted(SUBJECT_CATEGORIES)}")
+        raise ValueError(
+            f"problem {pid}: unknown subject {problem['subject']!r}; expected one of {sorted(SUBJECT_CATEGORIES)}"
+        )
     grade = _GRADE_CATEGORIES.get(problem["grade"])
     if grade is None:
         raise ValueError(f"problem {pid}: unknown grade {problem['grade']!r}; expected grade1 ... grade12")
@@ -80,14 +82,18 @@ def load_scienceqa(data_dir: str | os.PathLike, split: str) -> dict[str, dict[st
     for pid in splits[split]:
         pid = str(pid)
         if pid not in problems:
-            raise ValueError(f"{splits_path}: split {split!r} lists problem {pid}, which is not in {problems_path.name}")
+            raise ValueError(
+                f"{splits_path}: split {split!r} lists problem {pid}, which is not in {problems_path.name}"
+            )
         problem = problems[pid]
         missing = [field for field in _REQUIRED_FIELDS if field not in problem]
         if missing:
             raise ValueError(f"{problems_path}: problem {pid} lacks field(s) {missing}")
         choices = problem["choices"]
         if not isinstance(choices, list) or not 2 <= len(choices) <= len(OPTION_LETTERS):
-            raise ValueError(f"{problems_path}: problem {pid} has {choices!r} as choices; expected a list of 2 or more")
+            raise ValueError(
+                f"{problems_path}: problem {pid} has {choices!r} as choices; expected a list of 2 or more"
+            )
         if not isinstance(problem["answer"], int) or not 0 <= problem["answer"] < len(choices):
             raise ValueError(
                 f"{problems_path}: problem {pid} has answer {problem['answer']!r}; expected an index below {len(choices)}"
@@ -114,7 +120,9 @@ def format_question(problem: dict[str, Any]) -> str:
 def format_answer(problem: dict[str, Any], answer_first: bool = False) -> str:
     """The gpt turn: reasoning (lecture + solution) then "The answer is X.", or the answer first."""
     letter = OPTION_LETTERS[problem["answer"]]
-    reasoning = " ".join(part.strip() for part in (problem.get("lecture") or "", problem.get("solution") or "") if part.strip())
+    reasoning = " ".join(
+        part.strip() for part in (problem.get("lecture") or "", problem.get("solution") or "") if part.strip()
+    )
     answer = f"The answer is {letter}."
     if not reasoning:
         return answer

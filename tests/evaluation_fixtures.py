@@ -34,27 +34,84 @@ def _problem(question, choices, answer, hint, image, subject, grade, lecture="",
 # Six test problems chosen so that every Table 6 category is exercised (see test_evaluation_scoring).
 SCIENCEQA_TEST_PROBLEMS: dict[str, dict[str, Any]] = {
     # NAT, IMG, G1-6
-    "p1": _problem("Which animal is shown?", ["cat", "dog"], 0, "", "image.png", "natural science", "grade2",
-                   lecture="Animals have features.", solution="The picture shows a cat."),
+    "p1": _problem(
+        "Which animal is shown?",
+        ["cat", "dog"],
+        0,
+        "",
+        "image.png",
+        "natural science",
+        "grade2",
+        lecture="Animals have features.",
+        solution="The picture shows a cat.",
+    ),
     # SOC, TXT, G7-12
-    "p2": _problem("Which city is the capital?", ["Paris", "Rome", "Oslo"], 1, "The map shows Italy.", None,
-                   "social science", "grade8", lecture="Capitals are cities.", solution="Rome is Italy's capital."),
+    "p2": _problem(
+        "Which city is the capital?",
+        ["Paris", "Rome", "Oslo"],
+        1,
+        "The map shows Italy.",
+        None,
+        "social science",
+        "grade8",
+        lecture="Capitals are cities.",
+        solution="Rome is Italy's capital.",
+    ),
     # LAN, NO, G1-6
-    "p3": _problem("Which word rhymes with cat?", ["dog", "sun", "hat", "pen"], 2, "", None,
-                   "language science", "grade5", lecture="", solution="Hat rhymes with cat."),
+    "p3": _problem(
+        "Which word rhymes with cat?",
+        ["dog", "sun", "hat", "pen"],
+        2,
+        "",
+        None,
+        "language science",
+        "grade5",
+        lecture="",
+        solution="Hat rhymes with cat.",
+    ),
     # NAT, TXT, IMG, G7-12
-    "p4": _problem("Which force moves the ball?", ["push", "pull"], 0, "A boy kicks a ball.", "image.png",
-                   "natural science", "grade10", lecture="Forces push or pull.", solution="A kick is a push."),
+    "p4": _problem(
+        "Which force moves the ball?",
+        ["push", "pull"],
+        0,
+        "A boy kicks a ball.",
+        "image.png",
+        "natural science",
+        "grade10",
+        lecture="Forces push or pull.",
+        solution="A kick is a push.",
+    ),
     # SOC, IMG, G1-6
     "p5": _problem("Which state is highlighted?", ["Ohio", "Utah"], 1, "", "image.png", "social science", "grade3"),
     # NAT, NO, G7-12
-    "p6": _problem("Which is a metal?", ["wood", "glass", "clay", "iron", "wool"], 3, "", None,
-                   "natural science", "grade12", lecture="Metals conduct.", solution="Iron is a metal."),
+    "p6": _problem(
+        "Which is a metal?",
+        ["wood", "glass", "clay", "iron", "wool"],
+        3,
+        "",
+        None,
+        "natural science",
+        "grade12",
+        lecture="Metals conduct.",
+        solution="Iron is a metal.",
+    ),
 }
 
 SCIENCEQA_TRAIN_PROBLEMS: dict[str, dict[str, Any]] = {
-    "t1": {**_problem("Which is hot?", ["ice", "fire"], 1, "", "image.png", "natural science", "grade1",
-                      lecture="Heat.", solution="Fire is hot."), "split": "train"},
+    "t1": {
+        **_problem(
+            "Which is hot?",
+            ["ice", "fire"],
+            1,
+            "",
+            "image.png",
+            "natural science",
+            "grade1",
+            lecture="Heat.",
+            solution="Fire is hot.",
+        ),
+        "split": "train",
+    },
 }
 
 
@@ -115,7 +172,11 @@ def tiny_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
 
@@ -131,8 +192,12 @@ def tiny_model_and_processor(seed: int = 0):
 
     model = tiny_llava_model(seed=seed)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(),
-                               chat_template=get_chat_template("paper"), image_seq_length=model.config.image_seq_length)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(),
+        chat_template=get_chat_template("paper"),
+        image_seq_length=model.config.image_seq_length,
+    )
     return model, processor
 
 
@@ -149,7 +214,10 @@ def write_questions(path: Path, image_root: Path, count: int = 5) -> list[dict[s
     """A question JSONL mixing image and text-only questions; images written under `image_root`."""
     questions = []
     for index in range(count):
-        question: dict[str, Any] = {"question_id": f"q{index}", "text": "what is in the image ?" if index % 2 == 0 else "which animal is shown ?"}
+        question: dict[str, Any] = {
+            "question_id": f"q{index}",
+            "text": "what is in the image ?" if index % 2 == 0 else "which animal is shown ?",
+        }
         if index % 2 == 0:
             name = f"img{index}.png"
             Image.new("RGB", (32, 32), (50 * index % 255, 120, 200)).save(image_root / name)

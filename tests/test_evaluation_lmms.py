@@ -21,9 +21,11 @@ from evaluation.lmms_eval_plugin import LlavaRemoteLmms, manifest  # noqa: E402
 from evaluation_fixtures import save_tiny_image_text_model  # noqa: E402
 
 IMAGES = [Image.new("RGB", (30, 30), (200, 30, 30)), Image.new("RGB", (40, 30), (10, 200, 90))]
-DOCS = [{"question": "what is in the image ?", "image": IMAGES[0]},
-        {"question": "which animal is shown ?", "image": IMAGES[1]},
-        {"question": "is there a cat ?", "image": None}]
+DOCS = [
+    {"question": "what is in the image ?", "image": IMAGES[0]},
+    {"question": "which animal is shown ?", "image": IMAGES[1]},
+    {"question": "is there a cat ?", "image": None},
+]
 
 
 def _doc_to_visual(doc):
@@ -31,13 +33,17 @@ def _doc_to_visual(doc):
 
 
 def _request(kind, index, arguments):
-    return Instance(request_type=kind, arguments=arguments, idx=0, metadata={"task": "toy", "doc_id": index, "repeats": 1})
+    return Instance(
+        request_type=kind, arguments=arguments, idx=0, metadata={"task": "toy", "doc_id": index, "repeats": 1}
+    )
 
 
 @pytest.fixture(scope="module")
 def lmms_model(tmp_path_factory):
     folder = save_tiny_image_text_model(tmp_path_factory.mktemp("tiny") / "model")
-    model = LlavaRemoteLmms.create_from_arg_string(f"pretrained={folder},device=cpu,dtype=float32,batch_size=2,max_new_tokens=4")
+    model = LlavaRemoteLmms.create_from_arg_string(
+        f"pretrained={folder},device=cpu,dtype=float32,batch_size=2,max_new_tokens=4"
+    )
     model.task_dict = {"toy": {"test": DOCS}}
     return model
 
@@ -55,29 +61,55 @@ def test_construction_rejects_unknown_args(tmp_path):
 
 
 def test_generate_until_matches_our_answerer(lmms_model):
-    requests = [_request("generate_until", i, (doc["question"], {"max_new_tokens": 4, "until": ["\n\n"]}, _doc_to_visual, i, "toy", "test"))
-                for i, doc in enumerate(DOCS)]
+    requests = [
+        _request(
+            "generate_until",
+            i,
+            (doc["question"], {"max_new_tokens": 4, "until": ["\n\n"]}, _doc_to_visual, i, "toy", "test"),
+        )
+        for i, doc in enumerate(DOCS)
+    ]
     outputs = lmms_model.generate_until(requests)
     assert len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)
     # The same questions through our own answerer, one at a time, give the same answers.
-    answerer = BatchAnswerer(lmms_model.answerer.model, lmms_model.answerer.processor, GenerationSettings(max_new_tokens=4))
+    answerer = BatchAnswerer(
+        lmms_model.answerer.model, lmms_model.answerer.processor, GenerationSettings(max_new_tokens=4)
+    )
     for doc, output in zip(DOCS, outputs):
         images = _doc_to_visual(doc)
         assert answerer([build_messages(doc["question"], len(images))], images or None) == [output]
     # `until` cuts the answer: stopping at the first answer's second word leaves only its first.
     first_word, second_word = outputs[0].split()[:2]
-    cut = lmms_model.generate_until([_request("generate_until", 0, (DOCS[0]["question"], {"max_new_tokens": 4, "until": [" " + second_word]},
-                                                                    _doc_to_visual, 0, "toy", "test"))])
+    cut = lmms_model.generate_until(
+        [
+            _request(
+                "generate_until",
+                0,
+                (
+                    DOCS[0]["question"],
+                    {"max_new_tokens": 4, "until": [" " + second_word]},
+                    _doc_to_visual,
+                    0,
+                    "toy",
+                    "test",
+                ),
+            )
+        ]
+    )
     assert cut == [first_word]
 
 
 def test_loglikelihood_of_the_greedy_continuation(lmms_model):
-    greedy = lmms_model.generate_until([_request("generate_until", 0, (DOCS[0]["question"], {"max_new_tokens": 2}, _doc_to_visual, 0, "toy", "test"))])[0]
+    greedy = lmms_model.generate_until(
+        [_request("generate_until", 0, (DOCS[0]["question"], {"max_new_tokens": 2}, _doc_to_visual, 0, "toy", "test"))]
+    )[0]
     other = " yes no" if greedy != "yes no" else " no yes"
-    results = lmms_model.loglikelihood([
-        _request("loglikelihood", 0, (DOCS[0]["question"], " " + greedy, _doc_to_visual, 0, "toy", "test")),
-        _request("loglikelihood", 0, (DOCS[0]["question"], other, _doc_to_visual, 0, "toy", "test")),
-    ])
+    results = lmms_model.loglikelihood(
+        [
+            _request("loglikelihood", 0, (DOCS[0]["question"], " " + greedy, _doc_to_visual, 0, "toy", "test")),
+            _request("loglikelihood", 0, (DOCS[0]["question"], other, _doc_to_visual, 0, "toy", "test")),
+        ]
+    )
     (greedy_logprob, greedy_flag), (other_logprob, other_flag) = results
     assert greedy_flag is True and other_flag is False
     assert greedy_logprob < 0 and other_logprob < 0

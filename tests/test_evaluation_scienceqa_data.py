@@ -18,16 +18,24 @@ def test_convert_split_reasoning_first(tmp_path):
     p4 = records[3]
     assert p4["image"] == "images/test/p4/image.png" and (root / p4["image"]).is_file()
     assert p4["conversations"] == [
-        {"from": "human", "value": "<image>\nWhich force moves the ball?\nContext: A boy kicks a ball.\n"
-                                   "Options:\nA. push\nB. pull"},
+        {
+            "from": "human",
+            "value": "<image>\nWhich force moves the ball?\nContext: A boy kicks a ball.\nOptions:\nA. push\nB. pull",
+        },
         {"from": "gpt", "value": "Forces push or pull. A kick is a push. The answer is A."},
     ]
-    assert p4["scienceqa"] == {"answer": "A", "num_choices": 2, "subject": "natural science", "grade": "grade10",
-                               "categories": ["NAT", "TXT", "IMG", "G7-12"]}
+    assert p4["scienceqa"] == {
+        "answer": "A",
+        "num_choices": 2,
+        "subject": "natural science",
+        "grade": "grade10",
+        "categories": ["NAT", "TXT", "IMG", "G7-12"],
+    }
     p3 = records[2]  # no image, no context, no lecture
     assert "image" not in p3
-    assert p3["conversations"][0]["value"] == ("Which word rhymes with cat?\nContext: N/A\nOptions:\n"
-                                               "A. dog\nB. sun\nC. hat\nD. pen")
+    assert p3["conversations"][0]["value"] == (
+        "Which word rhymes with cat?\nContext: N/A\nOptions:\nA. dog\nB. sun\nC. hat\nD. pen"
+    )
     assert p3["conversations"][1]["value"] == "Hat rhymes with cat. The answer is C."
     assert records[4]["conversations"][1]["value"] == "The answer is B."  # no lecture nor solution
 
@@ -35,7 +43,9 @@ def test_convert_split_reasoning_first(tmp_path):
 def test_convert_split_answer_first_and_train_split(tmp_path):
     root = write_scienceqa(tmp_path / "sqa")
     p1 = convert_split(root, "test", answer_first=True)[0]
-    assert p1["conversations"][1]["value"] == "The answer is A. BECAUSE: Animals have features. The picture shows a cat."
+    assert (
+        p1["conversations"][1]["value"] == "The answer is A. BECAUSE: Animals have features. The picture shows a cat."
+    )
     train = convert_split(root, "train")
     assert [r["id"] for r in train] == ["t1"] and train[0]["image"] == "images/train/t1/image.png"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.judge import JudgeItem, judge_one, parse_judge_scores, relative_scores
+from datagen.teachers import TeacherError
+from evaluation.judge import JudgeItem, judge_all, judge_one, parse_judge_scores, relative_scores
 from evaluation.pope import parse_yes_no, pope_metrics
 from evaluation.scienceqa import (
     accuracy_by_category,
@@ -52,8 +53,14 @@ def test_parse_judge_scores_failures(reply):
 
 # ---------------------------------------------------------------- judge_one: retries and orders
 def _item(qid="q1", qtype="conv"):
-    return JudgeItem(qid, qtype, "What is on the table?", "A cat on a table.\n\ncat: [0.1, 0.2, 0.5, 0.6]",
-                     reference="REFERENCE ANSWER", answer="MODEL ANSWER")
+    return JudgeItem(
+        qid,
+        qtype,
+        "What is on the table?",
+        "A cat on a table.\n\ncat: [0.1, 0.2, 0.5, 0.6]",
+        reference="REFERENCE ANSWER",
+        answer="MODEL ANSWER",
+    )
 
 
 def test_judge_one_retries_unparseable_reply_then_scores():
@@ -81,6 +88,28 @@ def test_judge_one_records_unparseable_after_all_attempts():
     assert "unparseable" in review["error"] and review["replies"][-1] == "I refuse (3)"
 
 
+def test_judge_all_concurrent_and_stops_on_teacher_error():
+    items = [(_item(f"q{i}"), "reference_first") for i in range(6)]
+    judge = ScriptedJudge(lambda messages, n: "9 7")
+    recorded = []
+    judge_all(judge, items, recorded.append, judge_id="j", concurrency=3, progress=False)
+    assert sorted(r["question_id"] for r in recorded) == [f"q{i}" for i in range(6)]
+    assert all(r["scores"] == {"reference": 9.0, "model": 7.0} for r in recorded)
+
+    def fail_on_q1(messages, n):
+        if "(q1)" in messages[1]["content"]:
+            raise TeacherError("HTTP 500 from the teacher")
+        return "9 7"
+
+    tagged = [
+        (JudgeItem(f"q{i}", "detail", f"Describe it. (q{i})", "ctx", "ref", "ans"), "model_first") for i in range(3)
+    ]
+    recorded = []
+    with pytest.raises(TeacherError, match="HTTP 500"):
+        judge_all(ScriptedJudge(fail_on_q1), tagged, recorded.append, judge_id="j", concurrency=1, progress=False)
+    assert [r["question_id"] for r in recorded] == ["q0"]  # finished work kept; q2 never started
+
+
 # ---------------------------------------------------------------- relative score
 def test_relative_scores_hand_computed():
     def review(qid, qtype, ref, model, order="reference_first"):
@@ -100,8 +129,13 @@ def test_relative_scores_hand_computed():
     assert results["conversation"]["reference_mean"] == pytest.approx(9.0)
     assert results["conversation"]["relative_score"] == pytest.approx(83.3333, abs=1e-3)
     assert results["detail"]["relative_score"] == pytest.approx(100.0)
-    assert results["complex"] == {"relative_score": pytest.approx(87.5), "model_mean": 7.0,
-                                  "reference_mean": 8.0, "count": 1, "unscored": 1}
+    assert results["complex"] == {
+        "relative_score": pytest.approx(87.5),
+        "model_mean": 7.0,
+        "reference_mean": 8.0,
+        "count": 1,
+        "unscored": 1,
+    }
     overall = results["all"]
     assert overall["model_mean"] == pytest.approx(29 / 4) and overall["reference_mean"] == pytest.approx(33 / 4)
     assert overall["relative_score"] == pytest.approx(29 / 33 * 100)
@@ -114,6 +148,7 @@ def test_relative_scores_hand_computed():
     [
         ("B", 3, "B"),  # bare letter
         (" C \n", 4, "C"),
+        ("B\nRome is the capital of Italy.", 3, "B"),  # letter alone on the first line
         ("A. The sun", 2, "A"),  # "X." prefix
         ("(B). Rome", 3, "B"),
         ("Lecture text. Solution text. The answer is C.", 4, "C"),  # reasoning first
@@ -176,15 +211,25 @@ def test_accuracy_by_category_hand_computed(tmp_path):
     problems = load_scienceqa(write_scienceqa(tmp_path / "sqa"), "test")
     results = accuracy_by_category(problems, _letters(OUR_TEXTS, problems))
     expected = {  # (correct, total) worked out by hand from the comments above
-        "NAT": (2, 3), "SOC": (0, 2), "LAN": (1, 1), "TXT": (0, 2), "IMG": (1, 3),
-        "NO": (2, 2), "G1-6": (2, 3), "G7-12": (1, 3), "average": (3, 6),
+        "NAT": (2, 3),
+        "SOC": (0, 2),
+        "LAN": (1, 1),
+        "TXT": (0, 2),
+        "IMG": (1, 3),
+        "NO": (2, 2),
+        "G1-6": (2, 3),
+        "G7-12": (1, 3),
+        "average": (3, 6),
     }
     for name, (right, total) in expected.items():
         assert (results[name]["correct"], results[name]["total"]) == (right, total), name
         assert results[name]["accuracy"] == pytest.approx(100 * right / total), name
     table = format_table({"LLaVA (ours)": results})
     assert table.splitlines()[0] == "| Method | NAT | SOC | LAN | TXT | IMG | NO | G1-6 | G7-12 | Avg |"
-    assert table.splitlines()[2] == "| LLaVA (ours) | 66.67 | 0.00 | 100.00 | 0.00 | 33.33 | 100.00 | 66.67 | 33.33 | 50.00 |"
+    assert (
+        table.splitlines()[2]
+        == "| LLaVA (ours) | 66.67 | 0.00 | 100.00 | 0.00 | 33.33 | 100.00 | 66.67 | 33.33 | 50.00 |"
+    )
 
 
 def test_accuracy_refuses_missing_predictions(tmp_path):
@@ -214,17 +259,22 @@ def test_ensemble_complement_hand_computed(tmp_path):
 def test_ensemble_judge_asks_teacher_only_on_disagreement(tmp_path):
     problems = load_scienceqa(write_scienceqa(tmp_path / "sqa"), "test")
     ours, teacher = _letters(OUR_TEXTS, problems), _letters(TEACHER_TEXTS, problems)
-    verdicts = {"Which animal": "The answer is A.", "Which word rhymes": "Both close; The answer is C.",
-                "Which force": "The answer is A.", "Which state": "The answer is B.",
-                "Which city": "I cannot tell."}  # p2: unparseable every time -> complement fallback
+    verdicts = {
+        "Which animal": "The answer is A.",
+        "Which word rhymes": "Both close; The answer is C.",
+        "Which force": "The answer is A.",
+        "Which state": "The answer is B.",
+        "Which city": "I cannot tell.",
+    }  # p2: unparseable every time -> complement fallback
 
     def respond(messages, n):
         user = messages[-1]["content"]
         return next(reply for prefix, reply in verdicts.items() if user.startswith(prefix))
 
     arbiter = ScriptedJudge(respond)
-    final, decisions = ensemble_judge(problems, ours, teacher, OUR_TEXTS, TEACHER_TEXTS, arbiter,
-                                      judge_id="openai:teacher", max_attempts=2)
+    final, decisions = ensemble_judge(
+        problems, ours, teacher, OUR_TEXTS, TEACHER_TEXTS, arbiter, judge_id="openai:teacher", max_attempts=2
+    )
     assert final == {"p1": "A", "p2": "B", "p3": "C", "p4": "A", "p5": "B", "p6": "D"}
     assert [d["question_id"] for d in decisions] == ["p1", "p2", "p3", "p4", "p5"]  # p6 agreed: not asked
     assert len(arbiter.calls) == 4 + 2  # p2 retried once
@@ -238,8 +288,16 @@ def test_ensemble_judge_asks_teacher_only_on_disagreement(tmp_path):
 
 # ---------------------------------------------------------------- POPE
 def test_pope_parse_and_metrics_hand_computed():
-    answers = ["Yes, there is a dog.", "No.", "There is not a cat in it.", "Yes", "No, there isn't.",
-               "I don't see one.", "There is a bench in the picture.", "Yes. No other objects."]
+    answers = [
+        "Yes, there is a dog.",
+        "No.",
+        "There is not a cat in it.",
+        "Yes",
+        "No, there isn't.",
+        "I don't see one.",
+        "There is a bench in the picture.",
+        "Yes. No other objects.",
+    ]
     labels = ["yes", "yes", "yes", "no", "no", "no", "yes", "yes"]
     predictions = [parse_yes_no(a) for a in answers]
     assert predictions == ["yes", "no", "no", "yes", "no", "no", "yes", "yes"]
