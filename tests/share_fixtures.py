@@ -1,50 +1,24 @@
-"""Fixtures of the share-and-use tests: a tiny LLaVA *training output* (model + processor) on disk.
+"""Fixtures of the share-and-use tests: a tiny, briefly trained LLaVA *training output* on disk.
 
-The model comes from the lead's `tests/conftest.py` (`tiny_llava_model`); the tokenizer is a
-character-level one built here, small enough to match the tiny model's 128-token vocabulary.
+The model is the lead's `tiny_llava_model` (tests/conftest.py) and the processor the training tests'
+`tiny_processor` (tests/training_fixtures.py), with one change: its character-level tokenizer decodes
+without a decoder, i.e. with a space between tokens ("h i"). Streamers flush at spaces, so even a
+random model's answers then stream token by token, which the streaming tests (chat, web demo) need.
 """
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
-
-from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB, tiny_llava_model
-from processing import LlavaProcessor
-from processing.templates import get_chat_template
-
-IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
-CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+from conftest import tiny_llava_model
+from training_fixtures import tiny_processor as training_tiny_processor
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer: specials 0-3 (pad, bos, eos, unk), printable ASCII, ChatML tokens, `<image>`=127."""
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + chars + CHAT_TOKENS)}
-    assert len(vocab) < TINY_IMAGE_TOKEN_ID
-    vocab[IMAGE_TOKEN] = TINY_IMAGE_TOKEN_ID
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    # No decoder: decoding joins tokens with spaces ("h i"). Streamers flush at spaces, so even a random
-    # model's answers then stream token by token, which the streaming tests rely on.
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS + [IMAGE_TOKEN]})
-    assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == TINY_IMAGE_TOKEN_ID and len(tokenizer) <= TINY_VOCAB
-    return tokenizer
-
-
-def tiny_processor(image_seq_length: int, chat_template: str = "chatml") -> LlavaProcessor:
-    """The processor of the tiny model, with one of the project's named chat templates."""
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(),
-                          chat_template=get_chat_template(chat_template),
-                          image_token=IMAGE_TOKEN, image_seq_length=image_seq_length)
+def tiny_processor(chat_template: str = "chatml"):
+    """The tiny model's processor (a named chat template), decoding token by token with spaces."""
+    processor = training_tiny_processor(chat_template)
+    processor.tokenizer.backend_tokenizer.decoder = None
+    return processor
 
 
 def train_a_few_steps(model, processor, steps: int) -> None:
@@ -74,7 +48,7 @@ def train_a_few_steps(model, processor, steps: int) -> None:
 def save_tiny_training_output(folder: Path, seed: int = 0, train_steps: int = 3) -> Path:
     """What a training run leaves: `save_pretrained` of a (briefly trained) model and of its processor."""
     model = tiny_llava_model(seed=seed)
-    processor = tiny_processor(model.config.image_seq_length)
+    processor = tiny_processor()
     model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     train_a_few_steps(model, processor, train_steps)
     model.save_pretrained(folder)

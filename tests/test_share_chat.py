@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -64,8 +65,7 @@ def test_conversation_about_real_photos_through_a_pipe(model_dir, photos):
     # /image starts a new conversation about the new photo; /clear forgets the conversation.
     assert turn3 == turn4 == turn1
     assert "new conversation" in result.stdout and "conversation cleared" in result.stdout
-    # Same prompt, other photo: the image reaches the model (greedy decoding is deterministic).
-    assert astronaut != coffee and coffee == coffee_again
+    assert coffee == coffee_again  # greedy decoding: same photo, same prompt, same answer
     assert "cannot open image" in result.stderr and "coffee.png.missing" in result.stderr
 
 
@@ -95,3 +95,26 @@ def test_answers_stream_in_pieces_and_stop_at_the_template_marker(model_dir, pho
     assert len(pieces) > 1  # streamed, not one block at the end
     assert session.messages[-1]["content"][0]["text"] == "".join(pieces).strip()
     assert "<|im_end|>" not in "".join(pieces)
+
+
+def test_the_current_image_reaches_the_model(model_dir, photos):
+    model, processor = load_model(str(model_dir))
+    seen = []
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        seen.append(kwargs.get("pixel_values"))
+        return generate(**kwargs)
+
+    model.generate = recording_generate
+    session = ChatSession(model, processor, GenerationOptions(max_new_tokens=2))
+    for name in ("astronaut", "coffee"):
+        session.set_image(Image.open(photos[name]).convert("RGB"))
+        list(session.ask("What is in this photo?"))
+        list(session.ask("And then?"))  # a follow-up still sees the image (it is in the first turn)
+    session.set_image(None)
+    list(session.ask("Hello?"))
+    astronaut, astronaut_follow_up, coffee, coffee_follow_up, text_only = seen
+    assert astronaut.shape == (1, 3, 30, 30) and torch.equal(astronaut, astronaut_follow_up)
+    assert torch.equal(coffee, coffee_follow_up) and not torch.equal(astronaut, coffee)
+    assert text_only is None
