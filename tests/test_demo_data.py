@@ -1,0 +1,100 @@
+"""The offline demo's data: synthetic scenes, the template teacher, held-out questions and answer extraction."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+from PIL import Image
+
+from datagen.demo_data import build_demo_data
+from datagen.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
+from datagen.template_teacher import ANSWER_VOCABULARIES, TemplateTeacher, exact_questions
+from evaluation.exact_match import Prediction, accuracy_by_type, extract_answer
+from processing.instructions import brief_instructions, detail_instructions
+
+
+def test_scene_pixels_show_each_object_in_its_colour_and_column():
+    rng = random.Random(3)
+    for index in range(20):
+        scene, image = random_scene(f"s{index}", rng, image_size=64)
+        pixels = np.asarray(image).astype(int)
+        assert 1 <= len(scene.objects) <= 3
+        assert len({obj.position for obj in scene.objects}) == len(scene.objects)
+        for obj in scene.objects:
+            x1, y1, x2, y2 = (round(v * 64) for v in obj.bbox)
+            centre = pixels[(y1 + y2) // 2 + (y2 - y1) // 6, (x1 + x2) // 2]  # inside every shape type
+            assert np.abs(centre - np.array(COLORS[obj.color])).max() <= 1, (obj, centre)
+            column = POSITIONS.index(obj.position)
+            assert column * 64 / 3 - 3 <= (x1 + x2) / 2 <= (column + 1) * 64 / 3 + 3
+
+
+def test_write_scenes_coco_files_agree_with_the_scenes(tmp_path):
+    scenes = write_scenes(tmp_path, count=5, seed=1, image_size=48)
+    instances = json.loads((tmp_path / "instances.json").read_text())
+    captions = json.loads((tmp_path / "captions.json").read_text())
+    assert len(instances["images"]) == 5 and len(captions["annotations"]) == 25
+    assert len(instances["annotations"]) == sum(len(s.objects) for s in scenes)
+    assert read_scenes(tmp_path)[0] == scenes[0]
+    for entry in instances["images"]:
+        assert Image.open(tmp_path / entry["file_name"]).size == (48, 48)
+
+
+def test_exact_questions_have_one_true_answer():
+    rng = random.Random(0)
+    for index in range(30):
+        scene, _ = random_scene(str(index), rng, 64)
+        for question in exact_questions(scene):
+            assert question.answer in ANSWER_VOCABULARIES[question.type]
+            if question.type == "color":
+                shape = question.question.split("the ")[1].split("?")[0]
+                assert len(scene.objects_with_shape(shape)) == 1
+
+
+def test_template_teacher_writes_three_response_types_that_are_true_of_the_scene():
+    rng = random.Random(2)
+    teacher = TemplateTeacher(list(detail_instructions()))
+    scene, _ = random_scene("x", rng, 64)
+    conversation = teacher.write("conversation", scene, rng)
+    truths = {(q.question, q.answer.capitalize() + ".") for q in exact_questions(scene)}
+    assert 1 <= len(conversation) <= 4 and set(conversation) <= truths
+    detail = teacher.write("detail", scene, rng)
+    assert detail[0][0] in detail_instructions()
+    assert all(obj.name in detail[0][1] for obj in scene.objects)
+    complex_turn = teacher.write("complex", scene, rng)
+    assert len(complex_turn) == 1 and len(complex_turn[0][1]) > 40
+
+
+def test_build_demo_data_writes_llava_json_and_is_reused(tmp_path):
+    data = build_demo_data(tmp_path, train_scenes=12, eval_scenes=4, seed=0, image_size=48)
+    stage1 = json.loads(data.stage1.read_text())
+    stage2 = json.loads(data.stage2.read_text())
+    assert len(stage1) == 12 and len(stage2) == 24
+    first_turn = stage1[0]["conversations"][0]["value"]
+    assert "<image>" in first_turn and first_turn.replace("<image>", "").strip() in brief_instructions()
+    assert {record["type"] for record in stage2} <= {"conversation", "detail", "complex"}
+    for record in stage2:
+        assert record["conversations"][0]["value"].count("<image>") == 1
+        assert all("<image>" not in turn["value"] for turn in record["conversations"][1:])
+        assert (tmp_path / record["image"]).is_file()
+    questions = [json.loads(line) for line in data.eval_questions.read_text().splitlines()]
+    assert {q["type"] for q in questions} <= {"color", "shape", "count"}
+    before = data.stage2.stat().st_mtime_ns
+    build_demo_data(tmp_path, train_scenes=12, eval_scenes=4, seed=0, image_size=48)
+    assert data.stage2.stat().st_mtime_ns == before
+
+
+def test_answer_extraction_and_accuracy():
+    colors = ANSWER_VOCABULARIES["color"]
+    assert extract_answer("Red.", colors) == "red"
+    assert extract_answer("The circle is blue, not red.", colors) == "blue"
+    assert extract_answer("I cannot see images.", colors) == ""
+    assert extract_answer("Three.") == "three"
+    predictions = [
+        Prediction("a", "color", "q", "red", "Red.", "i", "red"),
+        Prediction("b", "color", "q", "blue", "Green.", "i", "green"),
+        Prediction("c", "count", "q", "two", "Two.", "i", "two"),
+    ]
+    scores = accuracy_by_type(predictions)
+    assert scores == {"color": 0.5, "count": 1.0, "overall": 2 / 3}

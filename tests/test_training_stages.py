@@ -1,0 +1,303 @@
+"""Both training stages end to end on tiny models: what learns, what stays bit-identical, what is saved, the TRL
+loss path, resuming, and bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from conftest import REPO_ROOT, tiny_llava_model
+from training.train import PROJECTOR_FILE, SKIPPED_FILE, DataCheckError, run
+from training_fixtures import caption_records, chat_records, save_tiny_model, write_dataset, write_images
+
+
+CONFIGS = REPO_ROOT / "training" / "configs"
+
+
+def config(name: str, **overrides) -> dict:
+    values = yaml.safe_load((CONFIGS / name).read_text())
+    values.update({key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()})
+    return values
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("training")
+    paths = write_images(root / "images")
+    write_dataset(root / "captions.json", caption_records(paths, repeats=4))
+    write_dataset(root / "chats.json", chat_records(paths, repeats=3))
+    save_tiny_model(root / "base")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stage1(workdir):
+    before = state(tiny_llava_model())
+    output = run(
+        config(
+            "tiny_stage1.yaml",
+            model_name_or_path=workdir / "base",
+            data_path=workdir / "captions.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage1",
+            max_steps=30,
+        )
+    )
+    return before, output
+
+
+def test_stage1_loss_decreases(stage1):
+    _, output = stage1
+    assert len(output.losses) == 30
+    assert mean(output.losses[-5:]) < mean(output.losses[:5]) - 0.05
+
+
+def test_stage1_changes_only_the_projector(stage1):
+    before, output = stage1
+    after = state(output.model)
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.multi_modal_projector.") for name in changed)
+    assert changed == {name for name in before if name.startswith("model.multi_modal_projector.")}
+
+
+def test_stage1_saves_projector_with_original_names_and_a_loadable_model(stage1):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    _, output = stage1
+    projector = load_file(str(output.projector_path))
+    assert output.projector_path.name == PROJECTOR_FILE
+    assert sorted(projector) == ["model.mm_projector.0.bias", "model.mm_projector.0.weight",
+                                 "model.mm_projector.2.bias", "model.mm_projector.2.weight"]
+    ours = output.model.model.multi_modal_projector
+    assert torch.equal(projector["model.mm_projector.2.weight"], ours.linear_2.weight)
+    loaded = AutoModelForImageTextToText.from_pretrained(output.model_dir, trust_remote_code=True)
+    AutoProcessor.from_pretrained(output.model_dir, trust_remote_code=True)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, output.model.state_dict()[name]), name
+
+
+def test_trl_loss_equals_model_loss_and_the_projector_gets_gradients(workdir):
+    from training.arguments import LlavaSFTConfig
+    from training.collators import stage1_collator
+    from training.trainer import LlavaSFTTrainer, configure_trainable_parameters
+    from processing.llava_data import load_llava_dataset, to_trl_dataset
+    from processing import LlavaProcessor
+
+    model = tiny_llava_model().train()
+    processor = LlavaProcessor.from_pretrained(workdir / "base", trust_remote_code=True)
+    configure_trainable_parameters(model, stage=1)
+    dataset = to_trl_dataset(load_llava_dataset(workdir / "captions.json", workdir / "images"), workdir / "images")
+    collator = stage1_collator(processor, max_length=512)
+    trainer = LlavaSFTTrainer(
+        model=model,
+        args=LlavaSFTConfig(output_dir=str(workdir / "trl_loss"), report_to="none", activation_checkpointing=False),
+        data_collator=collator,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    batch = collator([dataset[i] for i in range(4)])
+    trl_loss = trainer.compute_loss(model, dict(batch))
+    reference = model(**batch).loss
+    assert torch.allclose(trl_loss, reference, atol=1e-5), (trl_loss, reference)
+    trl_loss.backward()
+    gradients = [p.grad for p in model.model.multi_modal_projector.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in gradients)
+    assert all(p.grad is None for p in model.model.language_model.parameters())
+
+
+@pytest.fixture(scope="module")
+def stage2(workdir, stage1):
+    _, first = stage1
+    before = state(first.model)
+    output = run(
+        config(
+            "tiny_stage2.yaml",
+            model_name_or_path=first.model_dir,
+            data_path=workdir / "chats.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage2",
+            max_steps=25,
+        )
+    )
+    return before, output
+
+
+def test_stage2_from_the_stage1_folder_learns_and_keeps_the_vision_tower(stage2):
+    before, output = stage2
+    assert mean(output.losses[-5:]) < mean(output.losses[:5]) - 0.1
+    after = state(output.model)
+    vision = [name for name in before if name.startswith("model.vision_tower.")]
+    assert vision and all(torch.equal(before[name], after[name]) for name in vision)
+    changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
+    assert {"multi_modal_projector", "language_model"} <= changed
+
+
+def test_stage2_from_the_projector_artifact(workdir, stage1):
+    _, first = stage1
+    output = run(
+        config(
+            "tiny_stage2.yaml",
+            model_name_or_path=workdir / "base",
+            projector_path=first.projector_path,
+            data_path=workdir / "chats.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage2_from_projector",
+            max_steps=1,
+            learning_rate=0.0,
+            projector_learning_rate=0.0,
+        )
+    )
+    ours = output.model.model.multi_modal_projector.state_dict()
+    theirs = first.model.model.multi_modal_projector.state_dict()
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            seen["groups"] = [(group["lr"], len(group["params"])) for group in optimizer.param_groups]
+
+    model = tiny_llava_model()
+    output = run(
+        config(
+            "tiny_stage2.yaml",
+            model_name_or_path=workdir / "base",
+            data_path=workdir / "chats.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage2_lr",
+            max_steps=1,
+            learning_rate=1e-3,
+            projector_learning_rate=5e-3,
+        ),
+        callbacks=[Spy()],
+    )
+    projector_params = len(list(model.model.multi_modal_projector.parameters()))
+    rates = {lr for lr, _ in seen["groups"]}
+    assert rates == {1e-3, 5e-3}
+    assert sum(count for lr, count in seen["groups"] if lr == 5e-3) == projector_params
+    assert output.losses
+
+
+def test_lora_stage2_trains_adapters_and_projector_and_merges(workdir):
+    from transformers import AutoModelForImageTextToText
+
+    before = state(tiny_llava_model())
+    output = run(
+        config(
+            "tiny_stage2.yaml",
+            model_name_or_path=workdir / "base",
+            data_path=workdir / "chats.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage2_lora",
+            use_peft=True,
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=4,
+        )
+    )
+    assert (output.output_dir / "adapter_model.safetensors").is_file()
+    merged = output.merged_dir
+    assert output.model_dir == merged
+    for name in ("modeling_llava.py", "configuration_llava.py", "processing_llava.py", "processor_config.json"):
+        assert (merged / name).is_file(), name
+    loaded = AutoModelForImageTextToText.from_pretrained(merged, trust_remote_code=True)
+    after = loaded.state_dict()
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any(".multi_modal_projector." in name for name in changed)
+    assert any(".self_attn.q_proj." in name for name in changed)
+    assert not any(name.startswith("model.vision_tower.") for name in changed)
+    assert not any("embed_tokens" in name or name.startswith("lm_head") for name in changed)
+
+
+class StopAfter(TrainerCallback):
+    """Simulates a crash: raises once `step` is done (and its checkpoint written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_losses(workdir):
+    common = dict(
+        model_name_or_path=workdir / "base",
+        data_path=workdir / "chats.json",
+        image_root=workdir / "images",
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+    )
+    full = run(config("tiny_stage2.yaml", output_dir=workdir / "resume_full", **common))
+    interrupted = workdir / "resume_cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(config("tiny_stage2.yaml", output_dir=interrupted, **common), callbacks=[StopAfter(3)])
+    assert (interrupted / "checkpoint-3").is_dir() and not (interrupted / "checkpoint-6").exists()
+    resumed = run(config("tiny_stage2.yaml", output_dir=interrupted, resume_from_checkpoint="true", **common))
+    # The resumed history starts with the checkpoint's (steps 1-3); steps 4-6 were trained after resuming.
+    def losses_by_step(output):
+        return {entry["step"]: entry["loss"] for entry in output.log_history if "loss" in entry}
+
+    full_losses, resumed_losses = losses_by_step(full), losses_by_step(resumed)
+    assert sorted(full_losses) == sorted(resumed_losses) == [1, 2, 3, 4, 5, 6]
+    assert [resumed_losses[step] for step in (4, 5, 6)] == pytest.approx([full_losses[step] for step in (4, 5, 6)], abs=1e-5)
+
+
+def write_bad_data(workdir: Path) -> Path:
+    records = json.loads((workdir / "chats.json").read_text())[:5]
+    records.append({"id": "missing-image", "image": "nope.png",
+                    "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]})
+    records.append({"id": "too-long", "conversations": [{"from": "human", "value": "y" * 600},
+                                                        {"from": "gpt", "value": "z"}]})
+    records.append({"id": "no-answer", "conversations": [{"from": "human", "value": "hi"}]})
+    return write_dataset(workdir / "bad.json", records)
+
+
+def test_bad_data_is_refused_before_training_with_a_report(workdir):
+    bad = write_bad_data(workdir)
+    with pytest.raises(DataCheckError) as error:
+        run(config("tiny_stage2.yaml", model_name_or_path=workdir / "base", data_path=bad,
+                   image_root=workdir / "images", output_dir=workdir / "bad_error"))
+    message = str(error.value)
+    assert "missing-image" in message and "no-answer" in message
+    assert not (workdir / "bad_error" / "model.safetensors").exists()
+    # the length check runs too once the structural problems are gone
+    records = [r for r in json.loads(bad.read_text()) if r["id"] not in ("missing-image", "no-answer")]
+    long_only = write_dataset(workdir / "long.json", records)
+    with pytest.raises(DataCheckError, match=r"too-long.*max_length=512"):
+        run(config("tiny_stage2.yaml", model_name_or_path=workdir / "base", data_path=long_only,
+                   image_root=workdir / "images", output_dir=workdir / "bad_error"))
+
+
+def test_bad_data_is_skipped_with_a_report_when_asked(workdir):
+    bad = write_bad_data(workdir)
+    output = run(config("tiny_stage2.yaml", model_name_or_path=workdir / "base", data_path=bad,
+                        image_root=workdir / "images", output_dir=workdir / "bad_skip", on_bad_data="skip",
+                        max_steps=3))
+    assert len(output.losses) == 3
+    report = json.loads((workdir / "bad_skip" / SKIPPED_FILE).read_text())
+    assert {entry["sample_id"] for entry in report} == {"missing-image", "too-long", "no-answer"}
+    assert {sample.sample_id for sample in output.skipped} == {"missing-image", "too-long", "no-answer"}

@@ -1,0 +1,186 @@
+"""Arguments of `llava train`: the LLaVA-specific script arguments plus TRL's `SFTConfig`.
+
+Both are dataclasses read by `TrlParser` from a YAML file (`--config`) with command-line overrides, or by
+`training.train.run(config_dict)` in-process; every field's `help` is what `llava train --help` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+
+LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LlavaTrainArguments:
+    """What to train, on which data, and which parts of the model learn."""
+
+    stage: int = field(
+        default=2,
+        metadata={
+            "choices": [1, 2],
+            "help": "1: feature alignment (vision tower and LLM frozen, only the projector trains, `plain` template, "
+            "caption data). 2: visual instruction tuning (projector + LLM, or LoRA on the LLM; multi-turn chats)."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A saved LLaVA folder (this project's format, e.g. `llava build` output or a stage-1 output) "
+            "with its processor. Leave unset to assemble a new model from --vision_tower and --language_model."
+        },
+    )
+    vision_tower: str | None = field(
+        default=None,
+        metadata={"help": "CLIP/SigLIP checkpoint to build a new model from (e.g. openai/clip-vit-large-patch14)."},
+    )
+    language_model: str | None = field(
+        default=None,
+        metadata={"help": "Causal-LM checkpoint (folder, Hub id or .gguf file) to build a new model from."},
+    )
+    projector_type: str = field(
+        default="linear",
+        metadata={"help": "Projector of a newly built model: linear (paper), mlp2x_gelu (LLaVA-1.5), mlpNx_gelu."},
+    )
+    vision_feature_layer: int = field(
+        default=-2, metadata={"help": "Vision hidden state used as image features in a newly built model (-2: paper)."}
+    )
+    image_aspect_mode: str = field(
+        default="resize",
+        metadata={
+            "choices": ["resize", "pad"],"help": "Image preprocessing of a newly built model: resize (paper) or pad (LLaVA-1.5)."},
+    )
+    projector_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A stage-1 `mm_projector.safetensors` (original key names, or ours) loaded into the model's "
+            "projector before training: how stage 2 starts from a projector-only stage-1 artifact."
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "choices": ["float32", "bfloat16", "float16", "auto"],"help": "dtype the weights are loaded in: float32, bfloat16, float16 or auto (the checkpoint's)."},
+    )
+    data_path: str | None = field(
+        default=None, metadata={"help": "Training data: a LLaVA JSON/JSONL file (id, image, conversations)."}
+    )
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder the samples' image paths are relative to."}
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Conversation format: paper, vicuna_v1, llama2, chatml, own (the LLM's own) or plain. Default: "
+            "plain for stage 1, the processor's own template for stage 2."
+        },
+    )
+    image_first_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Eq. (2) of the paper: put the first turn's image before the question with this probability "
+            "(after it otherwise), drawn per sample from the seed. Unset: keep the data's placement."
+        },
+    )
+    on_bad_data: str = field(
+        default="error",
+        metadata={
+            "choices": ["error", "skip"],
+            "help": "What to do with samples that fail the checks before training (malformed, missing or unreadable "
+            "images, longer than max_length, nothing to learn): `error` refuses to start and prints the report; "
+            "`skip` leaves them out and writes the report to OUTPUT_DIR/skipped_samples.json. Never truncated."
+        },
+    )
+    decode_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image before training (finds corrupt files); false only checks they exist."},
+    )
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Keep the vision tower frozen (paper: always). Stage 2 only; stage 1 freezes it."}
+    )
+    freeze_language_model: bool | None = field(
+        default=None,
+        metadata={"help": "Freeze the LLM. Default: frozen in stage 1, trained in stage 2 (full, or LoRA with --use_peft)."},
+    )
+    projector_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the projector's own optimizer group (default: --learning_rate)."},
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train the LLM through LoRA adapters (PEFT) instead of fully."})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5 LoRA: 128)."})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (LLaVA-1.5 LoRA: 256)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default=LLM_LORA_TARGETS,
+        metadata={"help": "Regex of the modules that get LoRA adapters (default: the LLM's attention and MLP only)."},
+    )
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "After a LoRA run, also write OUTPUT_DIR/merged: adapters merged, remote code and processor kept."},
+    )
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch image samples and text-only samples separately, with similar lengths together "
+            "(less padding, and no mixed batches)."
+        },
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 1 only: cache the frozen vision tower's features here (safetensors, keyed by image "
+            "content and vision config) and train from them instead of running the tower every epoch."
+        },
+    )
+
+
+def _accelerator_has_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class LlavaSFTConfig(SFTConfig):
+    """TRL's `SFTConfig` with defaults that suit LLaVA training on any hardware.
+
+    - `bf16`: unset means "where the hardware has it" (TRL's default, True, fails on CPUs).
+    - `remove_unused_columns`: False, so the collator sees the sample ids it names in its reports.
+    - `report_to`: TensorBoard.
+    """
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Unset: on when the accelerator supports it (Ampere+ GPUs), else off."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every dataset column for the collator (it needs `id`, `images`, `messages`)."},
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Where to log: tensorboard (default), wandb, none, ..."}
+    )
+    max_length: int | None = field(
+        default=2048,
+        metadata={"help": "Longest sample in tokens, image tokens included. Longer samples are refused or skipped "
+        "(see --on_bad_data), never truncated."},
+    )
+
+    # TRL's default turns the deprecated `gradient_checkpointing` alias on, which makes transformers warn on every
+    # run; the same default (on) under the current name.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of --activation_checkpointing."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (default on; off for tiny runs)."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = (not self.fp16) and _accelerator_has_bf16()
+        if self.fp16 and not torch.cuda.is_available():
+            raise ValueError("fp16 mixed precision needs a CUDA GPU; none is available here. Remove --fp16.")
+        super().__post_init__()

@@ -1,0 +1,66 @@
+"""Length grouping by modality: image samples and text-only samples in separate batches, similar lengths together.
+
+transformers' `LengthGroupedSampler` groups by length only, so a batch can mix image and text-only samples; in
+LLaVA's mixed instruction data that means batches whose vision tower runs on a fraction of the rows, and (under
+DeepSpeed ZeRO-3) ranks that disagree on whether the tower runs at all. This sampler never mixes the two
+within a global batch (`batch_size × world_size` consecutive indices), and sorts each "megabatch" of shuffled
+samples by length so that padding stays small, like the original LLaVA `group_by_modality_length`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+def modality_length_grouped_indices(
+    lengths: Sequence[int], batch_size: int, world_size: int, generator: torch.Generator
+) -> list[int]:
+    """A permutation of `range(len(lengths))` grouped as described in the module docstring.
+
+    Args:
+        lengths: token length per sample, positive for samples with images, negative for text-only ones.
+        batch_size: per-device batch size.
+        world_size: number of processes times gradient-accumulation steps (samples of one optimizer step).
+        generator: seeded torch generator (the order depends only on it).
+    """
+    if any(length == 0 for length in lengths):
+        raise ValueError("Sample lengths must be non-zero (positive: with images, negative: text-only).")
+    global_batch = batch_size * world_size
+    image_indices = [index for index, length in enumerate(lengths) if length > 0]
+    text_indices = [index for index, length in enumerate(lengths) if length < 0]
+
+    def grouped(indices: list[int]) -> list[list[int]]:
+        order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        megabatches = [order[start : start + global_batch] for start in range(0, len(order), global_batch)]
+        return [sorted(megabatch, key=lambda index: -abs(lengths[index])) for megabatch in megabatches]
+
+    image_batches, text_batches = grouped(image_indices), grouped(text_indices)
+    # Incomplete megabatches (one per modality at most) go last, together, so every other global batch is pure.
+    tail = [batch for batch in (image_batches[-1:] + text_batches[-1:]) if len(batch) < global_batch]
+    full = [batch for batch in image_batches + text_batches if len(batch) == global_batch]
+    full = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+    return [index for batch in full + tail for index in batch]
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """A `Sampler` yielding `modality_length_grouped_indices`, reshuffled every epoch from `seed + epoch`."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(modality_length_grouped_indices(self.lengths, self.batch_size, self.world_size, generator))

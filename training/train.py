@@ -1,0 +1,415 @@
+"""`llava train --config FILE.yaml [--key value ...]`: both LLaVA training stages with TRL's `SFTTrainer`.
+
+The stage is part of the configuration (`stage: 1` or `stage: 2`); the YAML file sets defaults and command-line
+flags override them (TRL's `TrlParser`). `run(config_dict)` is the same thing in-process, and it can take an
+already loaded model and processor so that a two-stage run does not reload the LLM between stages.
+
+Outputs, in `output_dir`:
+- stage 1: the complete model and processor (loadable with `AutoModelForImageTextToText` / `AutoProcessor`,
+  `trust_remote_code=True`, so you can chat right away) and `mm_projector.safetensors`, the projector alone with
+  the original LLaVA key names (`model.mm_projector.*`);
+- stage 2: the complete model and processor; with LoRA, the adapter there and the merged model in `merged/`;
+- `skipped_samples.json` when `on_bad_data: skip` left samples out; checkpoints and TensorBoard logs as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .arguments import LlavaSFTConfig, LlavaTrainArguments
+
+
+logger = logging.getLogger(__name__)
+PROJECTOR_FILE = "mm_projector.safetensors"
+SKIPPED_FILE = "skipped_samples.json"
+
+
+class DataCheckError(ValueError):
+    """The training data failed the checks run before training; the message is the full report."""
+
+
+@dataclass
+class TrainOutput:
+    """What a training run produced.
+
+    Attributes:
+        output_dir: the run's output folder (checkpoints, logs, reports).
+        model_dir: a complete model + processor folder to load and chat with (for LoRA: the merged folder when
+            `merge_lora`, else the adapter folder).
+        projector_path: stage 1's `mm_projector.safetensors`, else `None`.
+        merged_dir: the merged LoRA model folder, else `None`.
+        log_history: the Trainer's log entries (`loss`, `learning_rate`, `grad_norm`, ... per logging step).
+        losses: the training loss of each logging step, in order.
+        skipped: samples left out before or during training (`on_bad_data: skip`), with the reasons.
+        model: the trained model in memory (LoRA merged when `merge_lora`), ready for a next stage.
+        processor: its processor.
+    """
+
+    output_dir: Path
+    model_dir: Path
+    projector_path: Path | None
+    merged_dir: Path | None
+    log_history: list[dict[str, Any]]
+    losses: list[float]
+    skipped: list[Any] = field(default_factory=list)
+    model: Any = None
+    processor: Any = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------------------------
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser(
+        (LlavaTrainArguments, LlavaSFTConfig),
+        prog="llava train",
+        description=(
+            "Train LLaVA with TRL's SFTTrainer. Stage 1 (feature alignment): only the projector learns, on caption "
+            "data in the `plain` format. Stage 2 (visual instruction tuning): the projector and the LLM (fully or "
+            "with LoRA) learn on multi-turn chats, loss on the assistant answers only. Options come from "
+            "--config FILE.yaml (see training/configs/) and are overridden by flags; every SFTConfig / "
+            "TrainingArguments option of TRL is accepted too (output_dir, learning_rate, num_train_epochs, ...)."
+        ),
+    )
+
+
+def parse_config(config: dict[str, Any]) -> tuple[LlavaTrainArguments, LlavaSFTConfig]:
+    """Turn a config dict (the YAML file's content) into the two argument dataclasses."""
+    script_args, training_args = make_parser().parse_dict(config)
+    return script_args, training_args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+def _torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return "auto"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be one of {sorted(dtypes)} or auto, got {name!r}")
+    return dtypes[name]
+
+
+def load_model_and_processor(args: LlavaTrainArguments):
+    """Load `model_name_or_path` (a saved LLaVA folder), or assemble a new model from its parts."""
+    from modeling_llava import LlavaForCausalLM
+    from processing import LlavaProcessor
+
+    dtype = _torch_dtype(args.dtype)
+    if args.model_name_or_path is not None:
+        model = LlavaForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype)
+        # The tokenizer's Auto class reads the folder's remote-code config.json; without trust_remote_code it would
+        # stop and ask on the terminal. The folder's code is this project's own (copied there by save_pretrained).
+        processor = LlavaProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+        return model, processor
+    if args.vision_tower is None or args.language_model is None:
+        raise ValueError("Set model_name_or_path, or both vision_tower and language_model to build a new model.")
+    from modeling_llava.build import build_llava
+
+    return build_llava(
+        args.vision_tower,
+        args.language_model,
+        projector_type=args.projector_type,
+        vision_feature_layer=args.vision_feature_layer,
+        chat_template=args.chat_template if args.stage == 2 else None,
+        image_aspect_mode=args.image_aspect_mode,
+        dtype=None if dtype == "auto" else dtype,
+    )
+
+
+def load_projector(model, path: str | os.PathLike) -> None:
+    """Load a projector-only safetensors file (original `model.mm_projector.*` keys, or ours) into `model`."""
+    from safetensors.torch import load_file
+
+    from modeling_llava.convert import projector_key_from_original
+
+    prefix = "model.multi_modal_projector."
+    state_dict = {}
+    for key, value in load_file(str(path)).items():
+        ours = key if key.startswith(prefix) else projector_key_from_original(key)
+        if ours is None:
+            raise ValueError(f"{path}: {key!r} is not a projector weight (expected model.mm_projector.* keys).")
+        state_dict[ours[len(prefix) :]] = value
+    projector = model.model.multi_modal_projector
+    expected = set(projector.state_dict())
+    if set(state_dict) != expected:
+        raise ValueError(
+            f"{path} does not fit this model's {model.config.projector_type} projector: it has "
+            f"{sorted(state_dict)}, the model needs {sorted(expected)}."
+        )
+    projector.load_state_dict(state_dict)
+
+
+def save_projector(model_dir: Path, config, path: Path) -> Path:
+    """Write the projector alone with the original LLaVA key names (`model.mm_projector.*`), atomically.
+
+    The weights are read from the model just saved in `model_dir` (only the projector's tensors are loaded), not
+    from memory: under ZeRO-3 or FSDP the in-memory parameters are shards, the saved file is whole.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from modeling_llava.convert import state_dict_to_original
+
+    prefix = "model.multi_modal_projector."
+    ours = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            ours.update({key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)})
+    if not ours:
+        raise FileNotFoundError(f"No {prefix}* weights in the safetensors files of {model_dir}.")
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(state_dict_to_original(ours, config), str(temporary), metadata={"format": "pt"})
+    temporary.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    temporary.replace(path)
+
+
+def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, collator):
+    """Check the data before training, then return `(dataset, scans, skipped)` with the bad samples handled.
+
+    Two checks run over every sample: `processing.validate.check_dataset` (readable lines, well-formed
+    conversations, images present and decodable) and the collator's own scan (length with images expanded
+    against `max_length`, at least one supervised token, with the template actually used for training).
+    `on_bad_data: error` raises `DataCheckError` with the report; `skip` removes the failing samples and returns
+    them as `skipped`.
+    """
+    from processing.llava_data import load_llava_dataset, to_trl_dataset
+    from processing.validate import check_dataset
+
+    from .collators import SkippedSample, scan_samples
+
+    if args.data_path is None:
+        raise ValueError("data_path is required: a LLaVA JSON/JSONL file.")
+    if args.on_bad_data not in ("error", "skip"):
+        raise ValueError(f"on_bad_data must be 'error' or 'skip', got {args.on_bad_data!r}")
+    report = check_dataset(args.data_path, args.image_root, decode_images=args.decode_images)
+    if not report.ok and (args.on_bad_data == "error" or report.unlocated_problems):
+        why = (
+            "lines that cannot be read cannot be skipped by sample id; fix them"
+            if report.unlocated_problems and args.on_bad_data == "skip"
+            else "set on_bad_data: skip to leave these samples out"
+        )
+        raise DataCheckError(f"The training data failed the checks ({why}):\n{report.format()}")
+    skipped = [SkippedSample(p.sample_id, f"{p.kind}: {p.message}") for p in report.problems]
+    excluded = set(report.failing_ids)
+
+    def convert(dataset, image_root):
+        return to_trl_dataset(
+            dataset, image_root=image_root, image_first_ratio=args.image_first_ratio, seed=training_args.seed
+        )
+
+    llava = load_llava_dataset(args.data_path, args.image_root, exclude_ids=excluded)
+    scans = scan_samples(convert(llava, None), collator)
+    unusable = [SkippedSample(scan.sample_id, scan.problem) for scan in scans if scan.problem]
+    if unusable and args.on_bad_data == "error":
+        listed = "\n".join(f"  {sample}" for sample in unusable[:20])
+        more = f"\n  ... and {len(unusable) - 20} more" if len(unusable) > 20 else ""
+        raise DataCheckError(
+            f"{args.data_path}: {len(unusable)} sample(s) cannot be trained on as they are "
+            f"(set on_bad_data: skip to leave them out):\n{listed}{more}"
+        )
+    if unusable:
+        bad_ids = {sample.sample_id for sample in unusable}
+        llava = llava.filter(lambda row: row["id"] not in bad_ids)
+        scans = [scan for scan in scans if scan.sample_id not in bad_ids]
+        skipped += unusable
+    if len(llava) == 0:
+        raise DataCheckError(f"{args.data_path}: no usable training sample is left ({len(skipped)} skipped).")
+    return convert(llava, args.image_root), scans, skipped
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+def _lora_config(args: LlavaTrainArguments):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules,
+        # The projector is trained fully next to the adapters (and saved with them).
+        modules_to_save=["multi_modal_projector"],
+        task_type="CAUSAL_LM",
+    )
+
+
+def _remove_fused_head(model) -> None:
+    """Undo TRL's instance-level `forward` patch (the fused LM head), so the returned model is a plain one."""
+    if "forward" in vars(model):
+        del model.forward
+
+
+def train(
+    args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None, callbacks=None
+) -> TrainOutput:
+    """Run one training stage. `model` and `processor` default to the ones `args` names; `callbacks` are extra
+    `transformers.TrainerCallback`s."""
+    from .collators import LlavaDataCollator, resolve_template
+    from .trainer import LlavaSFTTrainer, configure_trainable_parameters
+
+    if args.stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {args.stage!r}")
+    if args.stage == 1 and args.use_peft:
+        raise ValueError("Stage 1 trains the projector only; LoRA (use_peft) is for stage 2.")
+    if args.feature_cache_dir is not None and args.stage != 1:
+        raise ValueError("feature_cache_dir needs a frozen vision tower: it is a stage-1 option.")
+    if (model is None) != (processor is None):
+        raise ValueError("Pass both model and processor, or neither.")
+    if model is None:
+        model, processor = load_model_and_processor(args)
+    if args.projector_path is not None:
+        load_projector(model, args.projector_path)
+    if processor.image_seq_length != model.config.image_seq_length:
+        raise ValueError(
+            f"The processor expands <image> to {processor.image_seq_length} tokens but the model yields "
+            f"{model.config.image_seq_length} image features: they must match."
+        )
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+
+    template_name = args.chat_template or ("plain" if args.stage == 1 else None)
+    template = resolve_template(template_name, processor)
+    if args.stage == 2 and template is not None:
+        processor.chat_template = template  # the saved model chats in the format it was trained on
+
+    trainable = configure_trainable_parameters(
+        model,
+        args.stage,
+        freeze_vision_tower=args.freeze_vision_tower or args.stage == 1,
+        freeze_language_model=True if args.use_peft else args.freeze_language_model,
+    )
+    logger.info("Trainable parameters per part: %s", trainable)
+
+    collator = LlavaDataCollator(
+        processor,
+        max_length=training_args.max_length,
+        chat_template=template,
+        on_bad_sample=args.on_bad_data,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,
+    )
+    if args.feature_cache_dir is not None:
+        from .feature_cache import attach_feature_cache
+
+        collator = attach_feature_cache(collator, model, args.feature_cache_dir)
+
+    dataset, scans, skipped = prepare_dataset(args, training_args, collator)
+    if args.feature_cache_dir is not None:
+        logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
+    output_dir = Path(training_args.output_dir)
+    if skipped:
+        _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
+        logger.warning("%d sample(s) left out before training; see %s", len(skipped), output_dir / SKIPPED_FILE)
+
+    trainer = LlavaSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=_lora_config(args) if args.use_peft else None,
+        projector_learning_rate=args.projector_learning_rate,
+        group_by_modality_length=args.group_by_modality_length,
+        sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
+        callbacks=callbacks,
+    )
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True
+    trainer.train(resume_from_checkpoint=resume)
+
+    trained = trainer.model
+    is_peft = args.use_peft
+    base_model = trained.get_base_model() if is_peft else trained
+    _remove_fused_head(base_model)
+    skipped += getattr(collator, "skipped", [])
+    if collator_skipped := getattr(collator, "skipped", []):
+        _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
+        logger.warning("%d sample(s) skipped during training", len(collator_skipped))
+
+    projector_path = merged_dir = None
+    model_dir = output_dir
+    trainer.save_model(str(output_dir))  # every rank takes part (ZeRO-3/FSDP gather); the main one writes
+    if args.stage == 1:
+        projector_path = output_dir / PROJECTOR_FILE
+        if trainer.is_world_process_zero():
+            save_projector(output_dir, base_model.config, projector_path)
+        trainer.accelerator.wait_for_everyone()
+    final_model = base_model
+    if is_peft and args.merge_lora:
+        final_model = trained.merge_and_unload()
+        _remove_fused_head(final_model)
+        merged_dir = model_dir = output_dir / "merged"
+        if trainer.is_world_process_zero():
+            final_model.save_pretrained(merged_dir)
+            processor.save_pretrained(merged_dir)
+    log_history = list(trainer.state.log_history)
+    return TrainOutput(
+        output_dir=output_dir,
+        model_dir=model_dir,
+        projector_path=projector_path,
+        merged_dir=merged_dir,
+        log_history=log_history,
+        losses=[entry["loss"] for entry in log_history if "loss" in entry],
+        skipped=skipped,
+        model=final_model,
+        processor=processor,
+    )
+
+
+def run(config: dict[str, Any], model=None, processor=None, callbacks=None) -> TrainOutput:
+    """Train in-process from a config dict (the same keys as the YAML files and `llava train` flags).
+
+    Example:
+        >>> out1 = run({"stage": 1, "model_name_or_path": "built/", "data_path": "captions.json",
+        ...             "image_root": "images/", "output_dir": "runs/stage1", "learning_rate": 2e-3})
+        >>> out2 = run({"stage": 2, "data_path": "chats.json", "image_root": "images/",
+        ...             "output_dir": "runs/stage2"}, model=out1.model, processor=out1.processor)
+    """
+    script_args, training_args = parse_config(dict(config))
+    return train(script_args, training_args, model=model, processor=processor, callbacks=callbacks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llava train --config FILE.yaml [--key value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    script_args, training_args = parser.parse_args_and_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        output = train(script_args, training_args)
+    except DataCheckError as error:
+        print(f"llava train: {error}", file=sys.stderr)
+        return 1
+    print(f"Trained model: {output.model_dir}")
+    if output.projector_path is not None:
+        print(f"Projector only: {output.projector_path}")
+    if output.skipped:
+        print(f"Skipped {len(output.skipped)} sample(s): {output.output_dir / SKIPPED_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
