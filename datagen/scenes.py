@@ -27,6 +27,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "middle", "right")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def random_scene(scene_id: str, rng: random.Random, image_size: int) -> tuple[Sc
 
 def captions(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
     """`count` differently worded captions, all true of the scene."""
-    parts = [f"a {obj.name} on the {obj.position}" for obj in scene.objects]
+    parts = [f"a {obj.name} {WHERE[obj.position]}" for obj in scene.objects]
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     number = NUMBER_WORDS[len(scene.objects)]
     noun = "shape" if len(scene.objects) == 1 else "shapes"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, Scene
+from .scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, WHERE, Scene
 
 SHORT_ANSWER_SUFFIX = "Answer with one word."
 QUESTION_TYPES = ("color", "shape", "count")
@@ -32,18 +32,13 @@ def exact_questions(scene: Scene) -> list[ExactQuestion]:
     for obj in scene.objects:
         if len(scene.objects_with_shape(obj.shape)) == 1:
             questions.append(ExactQuestion("color", f"What color is the {obj.shape}? {SHORT_ANSWER_SUFFIX}", obj.color))
-        questions.append(ExactQuestion("shape", f"What shape is on the {obj.position}? {SHORT_ANSWER_SUFFIX}", obj.shape))
+        questions.append(ExactQuestion("shape", f"What shape is {WHERE[obj.position]}? {SHORT_ANSWER_SUFFIX}", obj.shape))
     questions.append(ExactQuestion("count", f"How many shapes are there? {SHORT_ANSWER_SUFFIX}", NUMBER_WORDS[len(scene.objects)]))
     return questions
 
 
 def short_answer(word: str) -> str:
     return word.capitalize() + "."
-
-
-def _listing(scene: Scene) -> str:
-    parts = [f"a {obj.name} on the {obj.position}" for obj in scene.objects]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 class TemplateTeacher:
@@ -69,7 +64,8 @@ class TemplateTeacher:
             x1, y1, x2, y2 = obj.bbox
             size = "large" if (x2 - x1) > 0.26 else "small"
             height = "upper" if (y1 + y2) / 2 < 0.4 else "lower" if (y1 + y2) / 2 > 0.6 else "central"
-            sentences.append(f"On the {obj.position} there is a {size} {obj.name} in the {height} part of the image.")
+            where = WHERE[obj.position]
+            sentences.append(f"{where[0].upper()}{where[1:]} there is a {size} {obj.name} in the {height} part of the image.")
         return [(rng.choice(self.detail_questions), " ".join(sentences))]
 
     def complex_reasoning(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
@@ -78,7 +74,7 @@ class TemplateTeacher:
         choices = [
             (
                 "What is the color of the leftmost shape, and what kind of shape is it?",
-                f"The leftmost shape is on the {leftmost.position}. It is a {leftmost.shape}, and its color is "
+                f"The leftmost shape is {WHERE[leftmost.position]}. It is a {leftmost.shape}, and its color is "
                 f"{leftmost.color}. So the leftmost shape is a {leftmost.name}.",
             ),
         ]
@@ -90,7 +86,7 @@ class TemplateTeacher:
                     "Do all the shapes in the image have the same color? Explain.",
                     ("Yes. " if same else "No. ")
                     + "Looking at each shape: "
-                    + "; ".join(f"the {obj.shape} on the {obj.position} is {obj.color}" for obj in scene.objects)
+                    + "; ".join(f"the {obj.shape} {WHERE[obj.position]} is {obj.color}" for obj in scene.objects)
                     + (". They all share one color." if same else f". That makes {len(colors)} different colors."),
                 )
             )
