@@ -26,7 +26,9 @@ EXTRAS = {
     # Real photos for the demo and tests (skimage.data ships them inside the wheel).
     "demo": ["scikit-image>=0.22", "gradio>=5"],
     "datagen": ["openai>=1.40", "tenacity>=8"],
-    "eval": ["openai>=1.40"],
+    # lmms-eval is not in `dev`: it pulls torchvision and dozens of task libraries (and, without a
+    # torch pin, a newer CUDA torch); its plugin test runs only where it is installed.
+    "eval": ["openai>=1.40", "lmms-eval>=0.7"],
     "dev": [
         "pytest>=8",
         "scikit-image>=0.22",
@@ -58,5 +60,9 @@ setup(
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["llava=llava_cli.main:main"]},
+    entry_points={
+        "console_scripts": ["llava=llava_cli.main:main"],
+        # lmms-eval finds our model through this group: `lmms-eval --model llava_remote ...`.
+        "lmms_eval.models": ["llava_remote = evaluation.lmms_eval_plugin:manifest"],
+    },
 )

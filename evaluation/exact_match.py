@@ -51,8 +51,14 @@ def read_questions(path: str | Path) -> list[dict]:
 
 @torch.no_grad()
 def answer_questions(
-    model, processor, questions: list[dict], image_root: str | Path, vocabularies: dict[str, set[str]] | None = None,
-    batch_size: int = 16, max_new_tokens: int = 8, progress=None,
+    model,
+    processor,
+    questions: list[dict],
+    image_root: str | Path,
+    vocabularies: dict[str, set[str]] | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    progress=None,
 ) -> list[Prediction]:
     """Greedy answers for `questions` (`id, image, type, question, answer`), batched and left padded.
 
@@ -78,7 +84,12 @@ def answer_questions(
             vocabulary = (vocabularies or {}).get(item["type"])
             predictions.append(
                 Prediction(
-                    item["id"], item["type"], item["question"], item["answer"], text.strip(), item["image"],
+                    item["id"],
+                    item["type"],
+                    item["question"],
+                    item["answer"],
+                    text.strip(),
+                    item["image"],
                     extract_answer(text, vocabulary),
                 )
             )

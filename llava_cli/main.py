@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "coco-contexts": ("processing.coco", "COCO captions + instances -> teacher contexts JSONL (captions and 0-1 boxes)."),
     "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
     "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
+    "eval": ("evaluation.cli", "Evaluate as in the paper (§5): judge relative score, ScienceQA, POPE."),
     "expand-captions": ("processing.instructions", "Stage-1 data: image-caption pairs -> one-turn conversations (Table 8)."),
     "filter-captions": ("datagen.caption_filter", "Appendix A: filter a caption set by noun-phrase frequency (+ Fig. 2 plot)."),
     "generate-data": ("datagen.generate", "Generate instruction data with a teacher LLM (conversation/detail/complex)."),

@@ -26,10 +26,13 @@ from .configuration_llava import LlavaConfig, projector_depth
 # llava-hf
 # ------------------------------------------------------------------------------------------------
 _LEGACY_LLAVA_HF_RENAMES = (
-    # transformers 4.x LlavaForConditionalGeneration -> v5 layout
+    # On-disk llava-hf layouts -> the in-memory v5 layout (ours). transformers 4.x wrote
+    # `vision_tower.vision_model.*`; v5's save_pretrained still writes the 4.x prefixes but drops
+    # `vision_model.` (`vision_tower.embeddings.*`). Both occur on the Hub.
     (re.compile(r"^language_model\.lm_head\."), "lm_head."),
     (re.compile(r"^language_model\.model\."), "model.language_model."),
     (re.compile(r"^vision_tower\.vision_model\."), "model.vision_tower."),
+    (re.compile(r"^vision_tower\."), "model.vision_tower."),
     (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
 )
 _SELECT_STRATEGY_FROM_HF = {"default": "patch", "full": "cls_patch"}

@@ -109,11 +109,15 @@ def to_llava_hf(src: str | Path, out: str | Path):
     return hf_model
 
 
-def from_original(src: str | Path, out: str | Path, vision: str | Path | None = None) -> LlavaForCausalLM:
+def from_original(
+    src: str | Path, out: str | Path, vision: str | Path | None = None, chat_template: str = "vicuna_v1"
+) -> LlavaForCausalLM:
     """Convert an original LLaVA checkpoint (liuhaotian `LlavaLlamaForCausalLM`) to this project's format.
 
     The vision encoder's config and image processor come from `vision` (default: the checkpoint's
-    `mm_vision_tower`); its weights from the checkpoint when it holds them, else from `vision`.
+    `mm_vision_tower`); its weights from the checkpoint when it holds them, else from `vision`. The
+    original repo keeps the conversation format outside the checkpoint (`--conv-mode`), so it is an
+    argument here: `vicuna_v1` is LLaVA-1.5's; the paper's v0 checkpoints used `paper`.
     """
     from transformers import AutoTokenizer
 
@@ -145,7 +149,7 @@ def from_original(src: str | Path, out: str | Path, vision: str | Path | None = 
     )
     model = _model_with_vocab(config, state_dict, len(tokenizer), src)
     aspect = "pad" if original.get("image_aspect_ratio") == "pad" else "resize"
-    processor = make_processor(model.config, image_processor, tokenizer, _chat_template_of(src), aspect)
+    processor = make_processor(model.config, image_processor, tokenizer, chat_template, aspect)
     _save(model, processor, out)
     return model
 

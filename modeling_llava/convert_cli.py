@@ -26,6 +26,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="--from original: vision checkpoint for the encoder config/image processor "
         "(default: the checkpoint's mm_vision_tower). Required for a projector-only SRC.",
     )
+    parser.add_argument(
+        "--chat-template", default="vicuna_v1",
+        help="--from original: conversation format the checkpoint was trained with (the original repo's "
+        "--conv-mode; not stored in checkpoints): vicuna_v1 (LLaVA-1.5, default), paper (v0), llama2, chatml, plain.",
+    )
     parser.add_argument("--language", default=None, help="--from original with a projector-only SRC: the base LLM.")
     return parser.parse_args(argv)
 
@@ -44,8 +49,8 @@ def main(argv: list[str]) -> int:
     elif src.is_file():
         if not (args.language and args.vision):
             raise SystemExit("llava convert: a projector-only SRC needs --language and --vision.")
-        convert_checkpoints.from_projector(src, args.language, args.vision, args.out)
+        convert_checkpoints.from_projector(src, args.language, args.vision, args.out, chat_template=args.chat_template)
     else:
-        convert_checkpoints.from_original(src, args.out, vision=args.vision)
+        convert_checkpoints.from_original(src, args.out, vision=args.vision, chat_template=args.chat_template)
     print(f"Converted {src} -> {args.out}")
     return 0

@@ -31,8 +31,10 @@ Spec keys:
   requests get the fault instead of the reply. Kinds:
   `"429"` (status 429 with a `Retry-After: <retry_after>` header, default 1 s),
   `"500"` (status 500), `"slow"` (waits `delay` seconds, default 5, before the normal reply: a client
-  timeout shorter than that sees a timeout), `"malformed"` (status 200 with a body that is not JSON).
-  A wrong or unparseable *answer* is not a fault: serve it as a canned response.
+  timeout shorter than that sees a timeout), `"malformed"` (status 200 with a body that is not JSON),
+  `"unparseable"` (a well-formed reply whose answer is `content`, default "Sorry, I can't help with
+  that.", i.e. not in the format the client expects). A permanently wrong answer is simply a canned
+  response.
 - `default`: response used when nothing matches.
 Token counts default to the whitespace-separated word counts of the prompt and the reply.
 """
@@ -138,7 +140,9 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 if kind == "malformed":
                     self._send(200, b'{"id": "chatcmpl-x", "choices": [{"mess')
                     return
-                if kind == "slow":
+                if kind == "unparseable":
+                    response = {"content": fault.get("content", "Sorry, I can't help with that."), "finish_reason": "stop"}
+                elif kind == "slow":
                     time.sleep(min(float(fault.get("delay", 5.0)), SLOW_REPLY_CAP_S))
                 else:
                     self._send(500, json.dumps({"error": {"message": f"unknown fault kind {kind!r}"}}).encode())

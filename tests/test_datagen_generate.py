@@ -96,10 +96,10 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
             {"match": "(img002)", "system": complex_, "kind": "slow", "delay": 5, "times": 1},
             {"match": "(img003)", "system": conv, "kind": "malformed", "times": 1000},
             {"match": "(img005)", "system": detail, "kind": "500", "times": 1000},
+            {"match": "(img004)", "system": conv, "kind": "unparseable", "content": "I'm sorry, I cannot see images.", "times": 1},
         ],
         "responses": [
             {"match": "(img004)", "system": detail, "content": ""},
-            {"match": "(img004)", "system": conv, "content": "I'm sorry, I cannot see images."},
             {"match": "(img005)", "system": complex_, "content": COMPLEX_REPLY[:40], "finish_reason": "length"},
             *canned_responses(),
         ],
@@ -144,8 +144,10 @@ def test_faults_are_retried_or_recorded_and_the_run_completes(chat_server, tmp_p
     assert summary.planned == 2 and summary.skipped_done == 16
     assert len(server.requests()) - before == 2 * 1 + 3 - 1  # malformed: 1 try (not retried); 500: 3 tries
     assert len(read_jsonl(output)) == 13
+    # --retry-rejected re-asks the content rejections too; only the one-off unparseable answer now succeeds.
     summary = run_generation(contexts, list(RESPONSE_TYPES), teacher, output, retry_rejected=True, progress=False)
-    assert summary.planned == 5
+    assert summary.planned == 5 and summary.accepted == 1
+    assert ("img004", "conversation") in {(r["image_id"], r["type"]) for r in read_jsonl(output)}
 
 
 def test_dry_run_prints_first_prompt_and_planned_count_without_requests(tmp_path):
@@ -172,8 +174,10 @@ def test_dry_run_prints_first_prompt_and_planned_count_without_requests(tmp_path
     assert "planned requests: 3 (3 images x 1 types, 0 already done)" in result.stdout
 
 
-def test_missing_api_key_is_a_clear_error(tmp_path):
+def test_missing_api_key_and_unknown_type_are_clear_errors(tmp_path):
     contexts = write_contexts(tmp_path / "contexts.jsonl", make_contexts(1))
+    result = run_cli("generate-data", "--contexts", str(contexts), "--model", "m", "--types", "conversation,chitchat", "--output", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 2 and "unknown --types ['chitchat']" in result.stderr
     result = run_cli(
         "generate-data", "--contexts", str(contexts), "--model", "m", "--api-key-env", "NO_SUCH_KEY_VAR", "--output", str(tmp_path / "o.jsonl"),
         env={"NO_SUCH_KEY_VAR": ""},

@@ -117,3 +117,16 @@ def test_context_validation_names_the_problem():
         ImageContext.from_record({"id": "1", "image": "1.jpg"}, "ctx.jsonl, record 1")
     with pytest.raises(ValueError, match="not normalised to 0-1"):
         ImageContext.from_record({"id": "1", "image": "1.jpg", "captions": ["a"], "boxes": [{"name": "x", "bbox": [0, 0, 20, 30]}]})
+
+
+def test_load_contexts_names_the_bad_record(tmp_path):
+    from datagen.prompting import load_contexts
+
+    path = tmp_path / "contexts.jsonl"
+    good = '{"id": "a", "image": "a.jpg", "captions": ["x"]}\n'
+    path.write_text(good + '{"id": "b", "image": "b.jpg", "captions": []}\n')
+    with pytest.raises(ValueError, match=r"contexts.jsonl, record 2 \(id 'b'\): 'captions' must be a non-empty list"):
+        load_contexts(path)
+    path.write_text(good + good)
+    with pytest.raises(ValueError, match="image id 'a' appears more than once"):
+        load_contexts(path)
