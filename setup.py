@@ -34,6 +34,9 @@ EXTRAS = {
         "scikit-image>=0.22",
         "openai>=1.40",
         "tenacity>=8",
+        # Web demo and its browser test (Playwright drives Debian's chromium; it downloads no browser).
+        "gradio>=5",
+        "playwright>=1.40",
     ],
 }
 
@@ -50,6 +53,7 @@ setup(
         "hub_upload",
         "datagen",
         "evaluation",
+        "inference",
         "llava_cli",
     ],
     package_data={

@@ -64,20 +64,26 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
 
 
 def random_scene(scene_id: str, rng: random.Random, image_size: int) -> tuple[Scene, Image.Image]:
-    """Draw one scene: 1-3 objects in distinct columns on a noisy pastel background."""
+    """Draw one scene: 1-3 objects in distinct columns on a noisy background.
+
+    The canvas is a 3x3 grid of cells; each object sits in its own column, in a random row, with a random
+    size (55-90% of a cell) and a small random offset. With a vision patch as large as a cell, an object
+    mostly falls within one patch, which lets the offline demo learn from a small, fast encoder.
+    """
     background = np.array([rng.randint(150, 255) for _ in range(3)], dtype=np.float32)
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 12, (image_size, image_size, 3))
     pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     count = rng.randint(1, 3)
-    column = image_size / 3
+    cell = image_size / 3
     objects = []
     for position in sorted(rng.sample(POSITIONS, count), key=POSITIONS.index):
         shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
-        size = rng.uniform(0.55, 0.9) * column
-        center_x = (POSITIONS.index(position) + 0.5) * column + rng.uniform(-0.05, 0.05) * column
-        center_y = rng.uniform(size / 2 + 1, image_size - size / 2 - 1)
+        size = rng.uniform(0.55, 0.9) * cell
+        slack = (cell - size) / 2
+        center_x = (POSITIONS.index(position) + 0.5) * cell + rng.uniform(-slack, slack)
+        center_y = (rng.randint(0, 2) + 0.5) * cell + rng.uniform(-slack, slack)
         box = (center_x - size / 2, center_y - size / 2, center_x + size / 2, center_y + size / 2)
         _draw_shape(draw, shape, tuple(int(round(v)) for v in box), COLORS[color])
         normalised = tuple(round(min(max(v / image_size, 0.0), 1.0), 3) for v in box)

@@ -43,6 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="Smallest run (a smoke test, ~half the default time).")
     size.add_argument("--full", action="store_true", help="A longer, bigger run (more scenes and epochs).")
+    parser.add_argument("--train-scenes", type=int, default=None, help="Override the preset's number of training scenes.")
+    parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and training (default 0).")
     parser.add_argument("--cache-dir", default=None, help="Cache for the converted SmolLM2 (default ~/.cache/llava-transformers).")
     return parser.parse_args(argv)
@@ -164,7 +166,10 @@ class ProgressCallback(TrainerCallback):
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     preset_name = "quick" if args.quick else "full" if args.full else "default"
-    preset = PRESETS[preset_name]
+    preset = dict(PRESETS[preset_name])
+    for key in ("train_scenes", "eval_scenes"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

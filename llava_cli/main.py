@@ -12,15 +12,21 @@ import sys
 
 # name -> (module, one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "answer": ("inference.answer_cli", "Answer a JSONL file of questions with a model (batched, resumable, progress bar)."),
     "build": ("modeling_llava.build_cli", "Assemble a fresh LLaVA from a vision and a language checkpoint."),
+    "chat": ("inference.chat_cli", "Chat with a model about an image in the terminal (multi-turn, streamed)."),
     "coco-contexts": ("processing.coco", "COCO captions + instances -> teacher contexts JSONL (captions and 0-1 boxes)."),
     "convert": ("modeling_llava.convert_cli", "Convert original / llava-hf checkpoints to this project's format and back."),
     "demo": ("llava_cli.demo", "Run the offline main job (see the README)."),
     "eval": ("evaluation.cli", "Evaluate as in the paper (§5): judge relative score, ScienceQA, POPE."),
     "expand-captions": ("processing.instructions", "Stage-1 data: image-caption pairs -> one-turn conversations (Table 8)."),
+    "export": ("hub_upload.export_cli", "Export a training output (model, projector or LoRA adapter) to a Hub-ready folder."),
     "filter-captions": ("datagen.caption_filter", "Appendix A: filter a caption set by noun-phrase frequency (+ Fig. 2 plot)."),
     "generate-data": ("datagen.generate", "Generate instruction data with a teacher LLM (conversation/detail/complex)."),
     "mix-data": ("datagen.mix", "Mix generated conversation/detail/complex samples with given proportions."),
+    "preflight": ("hub_upload.preflight_cli", "Check that an export folder loads and runs for a Hub user, offline."),
+    "push": ("hub_upload.push_cli", "Preflight an export folder, then upload it to the Hugging Face Hub."),
+    "serve": ("inference.web_demo", "Serve the visual chat web demo (Gradio) on localhost."),
     "train": ("training.train", "Train LLaVA (stage 1 feature alignment or stage 2 instruction tuning) with TRL."),
     "validate": ("processing.validate", "Check a LLaVA JSON/JSONL dataset (images, turns, lengths) before training."),
 }

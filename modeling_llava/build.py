@@ -63,7 +63,25 @@ def load_language_model(checkpoint: str | Path, dtype: torch.dtype | None = None
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     language_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    if gguf_file:
+        forget_gguf_quantization(language_model.config)
     return language_model, tokenizer
+
+
+def forget_gguf_quantization(config) -> None:
+    """Drop the `quantization_config` a GGUF load leaves behind.
+
+    transformers dequantises GGUF weights to full precision on load, yet keeps `quant_method: gguf` in
+    the config; saved with it, every later load is flagged "quantized" and the Trainer refuses to
+    fine-tune it. The weights really are plain tensors, so the entry is removed.
+    """
+    quantization = getattr(config, "quantization_config", None)
+    if isinstance(quantization, dict):
+        method = quantization.get("quant_method")
+    else:
+        method = getattr(quantization, "quant_method", None)
+    if method == "gguf":
+        del config.quantization_config
 
 
 def add_image_token(tokenizer, image_token: str = IMAGE_TOKEN) -> int:

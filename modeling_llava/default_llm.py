@@ -38,6 +38,7 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """A safetensors folder (model + tokenizer) of SmolLM2-135M-Instruct, converted on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .build import forget_gguf_quantization
     from .convert_checkpoints import atomic_output_dir
 
     target = Path(cache_dir or default_cache_dir()) / "SmolLM2-135M-Instruct"
@@ -46,6 +47,7 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     gguf = smollm2_gguf_file()
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    forget_gguf_quantization(quantized.config)
     model = AutoModelForCausalLM.from_config(quantized.config)
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.generation_config = quantized.generation_config
