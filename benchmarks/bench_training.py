@@ -2,7 +2,7 @@
 trained the same way (same weights, data, collator, TRL `SFTTrainer`, stage freezing), in one run so that the
 ratio is meaningful on a shared, noisy machine. Also stage 1 with the feature cache (after it is filled).
 
-    python benchmarks/bench_training.py [--steps 6] [--warmup 2] [--rounds 3] [--threads 2]
+    python benchmarks/bench_training.py [--steps 4] [--warmup 2] [--rounds 5] [--threads 2]
 
 Prints samples/s and tokens/s per stage and model, and the ratios. The models are small random ones (offline);
 the vision tower has enough layers for the paper's `vision_feature_layer=-2` to matter: ours never runs the last
@@ -105,10 +105,10 @@ def measure(model, processor, collator, dataset, stage: int, batch_size: int, st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per configuration")
+    parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before the clock starts")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="each configuration is measured this many times, interleaved; the best round counts "
                         "(other jobs on a shared machine only ever slow a round down)")
     args = parser.parse_args(argv)

@@ -59,7 +59,8 @@ def test_help_explains_every_option():
     assert result.returncode == 0, result.stderr
     for field in dataclasses.fields(LlavaTrainArguments):
         assert f"--{field.name}" in result.stdout, field.name
-    assert "--learning_rate" in result.stdout and "--config" in result.stdout or "config" in result.stdout
+    assert "--learning_rate" in result.stdout  # TRL's SFTConfig options too
+    assert "--config" in result.stdout
 
 
 def test_cli_stage1_run_with_overrides(tmp_path):

@@ -6,6 +6,7 @@ Both are dataclasses read by `TrlParser` from a YAML file (`--config`) with comm
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import torch
@@ -148,7 +149,7 @@ class LlavaSFTConfig(SFTConfig):
 
     - `bf16`: unset means "where the hardware has it" (TRL's default, True, fails on CPUs).
     - `remove_unused_columns`: False, so the collator sees the sample ids it names in its reports.
-    - `report_to`: TensorBoard.
+    - `report_to`: TensorBoard (and W&B when installed).
     """
 
     bf16: bool | None = field(
@@ -160,7 +161,9 @@ class LlavaSFTConfig(SFTConfig):
         metadata={"help": "Keep every dataset column for the collator (it needs `id`, `images`, `messages`)."},
     )
     report_to: None | str | list[str] = field(
-        default="tensorboard", metadata={"help": "Where to log: tensorboard (default), wandb, none, ..."}
+        default="auto",
+        metadata={"help": "Where to log: auto (TensorBoard, plus Weights & Biases when wandb is installed), "
+                  "tensorboard, wandb, none, ..."},
     )
     max_length: int | None = field(
         default=2048,
@@ -179,6 +182,8 @@ class LlavaSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.report_to == "auto":
+            self.report_to = ["tensorboard"] + (["wandb"] if importlib.util.find_spec("wandb") else [])
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and _accelerator_has_bf16()
         if self.fp16 and not torch.cuda.is_available():

@@ -2,9 +2,12 @@
 
 transformers' `LengthGroupedSampler` groups by length only, so a batch can mix image and text-only samples; in
 LLaVA's mixed instruction data that means batches whose vision tower runs on a fraction of the rows, and (under
-DeepSpeed ZeRO-3) ranks that disagree on whether the tower runs at all. This sampler never mixes the two
-within a global batch (`batch_size × world_size` consecutive indices), and sorts each "megabatch" of shuffled
-samples by length so that padding stays small, like the original LLaVA `group_by_modality_length`.
+DeepSpeed ZeRO-3) ranks that disagree on whether the tower runs at all, which hangs. This sampler never mixes
+the two within a global batch (`batch_size × world_size` consecutive indices), and sorts each "megabatch" of
+shuffled samples by length so that padding stays small, like the original LLaVA `group_by_modality_length`.
+Unlike the original, whose leftover samples of both modalities share a final mixed batch, each modality's
+leftover megabatch is completed with samples of the same modality drawn again (at most `global batch - 1` repeats
+per modality and epoch), so that every global batch is pure.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch.utils.data import Sampler
 def modality_length_grouped_indices(
     lengths: Sequence[int], batch_size: int, world_size: int, generator: torch.Generator
 ) -> list[int]:
-    """A permutation of `range(len(lengths))` grouped as described in the module docstring.
+    """The indices of `range(len(lengths))`, shuffled and grouped as described in the module docstring.
 
     Args:
         lengths: token length per sample, positive for samples with images, negative for text-only ones.
@@ -35,14 +38,24 @@ def modality_length_grouped_indices(
     def grouped(indices: list[int]) -> list[list[int]]:
         order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
         megabatches = [order[start : start + global_batch] for start in range(0, len(order), global_batch)]
+        if megabatches and len(megabatches[-1]) < global_batch:
+            megabatches[-1] = _complete(megabatches[-1], order, global_batch)
         return [sorted(megabatch, key=lambda index: -abs(lengths[index])) for megabatch in megabatches]
 
-    image_batches, text_batches = grouped(image_indices), grouped(text_indices)
-    # Incomplete megabatches (one per modality at most) go last, together, so every other global batch is pure.
-    tail = [batch for batch in (image_batches[-1:] + text_batches[-1:]) if len(batch) < global_batch]
-    full = [batch for batch in image_batches + text_batches if len(batch) == global_batch]
-    full = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-    return [index for batch in full + tail for index in batch]
+    batches = grouped(image_indices) + grouped(text_indices)
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return [index for batch in batches for index in batch]
+
+
+def _complete(megabatch: list[int], order: list[int], size: int) -> list[int]:
+    """Fill an incomplete megabatch up to `size` with the modality's samples, in shuffled order, cycling."""
+    filler = [order[i % len(order)] for i in range(size - len(megabatch))]
+    return megabatch + filler
+
+
+def grouped_length(num_image: int, num_text: int, global_batch: int) -> int:
+    """Number of indices `modality_length_grouped_indices` yields (each modality rounded up to whole batches)."""
+    return sum(-(-count // global_batch) * global_batch for count in (num_image, num_text))
 
 
 class ModalityLengthGroupedSampler(Sampler[int]):
@@ -59,7 +72,8 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        num_image = sum(1 for length in self.lengths if length > 0)
+        return grouped_length(num_image, len(self.lengths) - num_image, self.batch_size * self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)

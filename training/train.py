@@ -274,6 +274,8 @@ def train(
         raise ValueError(f"stage must be 1 or 2, got {args.stage!r}")
     if args.stage == 1 and args.use_peft:
         raise ValueError("Stage 1 trains the projector only; LoRA (use_peft) is for stage 2.")
+    if args.use_peft and not args.freeze_vision_tower:
+        raise ValueError("With LoRA (use_peft) only the adapters and the projector learn; the vision tower stays frozen.")
     if args.feature_cache_dir is not None and args.stage != 1:
         raise ValueError("feature_cache_dir needs a frozen vision tower: it is a stage-1 option.")
     if (model is None) != (processor is None):
@@ -319,7 +321,7 @@ def train(
     if args.feature_cache_dir is not None:
         logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
     output_dir = Path(training_args.output_dir)
-    if skipped:
+    if skipped and training_args.should_save:
         _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
         logger.warning("%d sample(s) left out before training; see %s", len(skipped), output_dir / SKIPPED_FILE)
 
@@ -345,7 +347,7 @@ def train(
     base_model = trained.get_base_model() if is_peft else trained
     _remove_fused_head(base_model)
     skipped += getattr(collator, "skipped", [])
-    if collator_skipped := getattr(collator, "skipped", []):
+    if (collator_skipped := getattr(collator, "skipped", [])) and training_args.should_save:
         _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
         logger.warning("%d sample(s) skipped during training", len(collator_skipped))
 
