@@ -24,13 +24,13 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 PRESETS = {
-    # train scenes, eval scenes, stage-1 epochs, stage-2 samples/scene, stage-2 epochs, vision layers/width
-    "quick": dict(train_scenes=160, eval_scenes=20, stage1_epochs=1, stage2_per_scene=2, stage2_epochs=1),
-    "default": dict(train_scenes=400, eval_scenes=60, stage1_epochs=1, stage2_per_scene=2, stage2_epochs=1),
+    "quick": dict(train_scenes=64, eval_scenes=10, stage1_epochs=1, stage2_per_scene=2, stage2_epochs=1),
+    "default": dict(train_scenes=240, eval_scenes=40, stage1_epochs=1, stage2_per_scene=2, stage2_epochs=1),
     "full": dict(train_scenes=1600, eval_scenes=150, stage1_epochs=1, stage2_per_scene=3, stage2_epochs=2),
 }
-IMAGE_SIZE = 64
-PATCH_SIZE = 8
+# A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see datagen.scenes).
+IMAGE_SIZE = 48
+PATCH_SIZE = 16
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -74,8 +74,8 @@ def build_base_model(out: Path, language_dir: Path, log: Step) -> Path:
     tower_dir = out.parent / "vision-tower"
     if not (tower_dir / "config.json").is_file():
         vision_config = CLIPVisionConfig(
-            hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=192,
+            hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=256,
         )
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
