@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,15 @@ def export_and_reload(model_dir: Path, export_dir: Path, metrics_path: Path, que
             tags=["llava", "demo"], metrics=[str(metrics_path)] if metrics_path.is_file() else [],
         )
         export_model(model_dir, export_dir, options)
-    captioner = pipeline("image-to-text", model=str(export_dir), trust_remote_code=True)
+    # transformers 5.24 logs the image-to-text redirect with a stray format argument, which prints a
+    # "--- Logging error ---" traceback; the redirect itself is fine, so only that warning is muted.
+    redirect_logger = logging.getLogger("transformers.pipelines")
+    level = redirect_logger.level
+    redirect_logger.setLevel(logging.ERROR)
+    try:
+        captioner = pipeline("image-to-text", model=str(export_dir), trust_remote_code=True)
+    finally:
+        redirect_logger.setLevel(level)
     image = Image.open(image_root / question["image"]).convert("RGB")
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question["question"]}]}]
     output = captioner(text=messages, max_new_tokens=8, return_full_text=False)
