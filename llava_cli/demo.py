@@ -68,7 +68,7 @@ def build_base_model(out: Path, language_dir: Path, log: Step) -> Path:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from modeling_llava.build import build_llava
-    from modeling_llava.convert_checkpoints import atomic_output_dir
+    from hub_upload.atomic import atomic_output_dir
 
     torch.manual_seed(0)
     tower_dir = out.parent / "vision-tower"

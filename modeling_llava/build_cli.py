@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from .build import build_llava
-    from .convert_checkpoints import atomic_output_dir
+    from hub_upload.atomic import atomic_output_dir
 
     layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
     model, processor = build_llava(

@@ -1,20 +1,18 @@
 """Folder-to-folder conversions (the API behind `llava convert`).
 
 Each function reads a checkpoint folder, writes a complete model folder (weights, config, remote code,
-processor) to `out`, and returns the converted model. Outputs are written to a temporary sibling folder
-and renamed into place, so an interrupted conversion never leaves a folder that looks complete.
+processor) to `out`, and returns the converted model. Outputs are written to a staging folder beside `out`
+and renamed into place (`hub_upload.atomic`), so an interrupted conversion never leaves a folder that
+looks complete; an existing `out` is refused.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from hub_upload.atomic import atomic_output_dir
 
 from .build import add_image_token, make_processor
 from .configuration_llava import LlavaConfig
@@ -33,24 +31,6 @@ from .convert import (
     text_config_from_original,
 )
 from .modeling_llava import LlavaForCausalLM
-
-
-@contextmanager
-def atomic_output_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder next to `out`; move it to `out` only if the block succeeds."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"Output folder {out} exists and is not empty; choose another or delete it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -189,6 +189,6 @@ def test_original_checkpoint_and_stage1_projector_convert(ours, parts, tmp_path)
 def test_output_folder_must_be_empty(ours, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="already exists"):
         convert_checkpoints.to_llava_hf(ours, tmp_path / "busy")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "user data"
