@@ -35,7 +35,7 @@ from datagen.prompting import (
     to_llava_sample,
 )
 from datagen.store import AppendOnlyJsonl
-from datagen.teachers import Teacher, TeacherError, TeacherReply, TokenUsage
+from datagen.teachers import Teacher, TeacherError, TeacherReply, TokenUsage, build_teacher
 from processing.jsonio import write_atomic
 
 
@@ -209,24 +209,6 @@ def run_generation(
     return summary
 
 
-def _build_teacher(args: argparse.Namespace) -> Teacher:
-    if args.teacher == "openai":
-        from datagen.teachers import OpenAITeacher
-
-        return OpenAITeacher(
-            model=args.model,
-            base_url=args.base_url,
-            api_key_env=args.api_key_env,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-        )
-    from datagen.teachers import LocalTeacher
-
-    return LocalTeacher.from_pretrained(args.model, max_new_tokens=args.max_tokens, temperature=args.temperature)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llava generate-data",
@@ -281,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"planned requests: {len(todo)} ({len(contexts)} images x {len(types)} types, {skipped} already done)")
         return 0
 
-    teacher = _build_teacher(args)
+    teacher = build_teacher(
+        args.teacher, args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+        temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout, max_retries=args.max_retries,
+    )
     print(f"teacher: {teacher.describe()}", file=sys.stderr)
     summary = run_generation(
         contexts,

@@ -89,24 +89,13 @@ def _build_judge(args: argparse.Namespace):
     """The judge/teacher and its identity string (written next to every score)."""
     if not args.judge_model:
         raise ValueError("--judge-model is required with --judge")
-    if args.judge == "openai":
-        from datagen.teachers import OpenAITeacher
+    from datagen.teachers import build_teacher
 
-        judge = OpenAITeacher(
-            model=args.judge_model,
-            base_url=args.judge_base_url,
-            api_key_env=args.judge_api_key_env,
-            temperature=args.judge_temperature,
-            max_tokens=args.judge_max_tokens,
-            timeout=args.judge_timeout,
-            max_retries=args.judge_max_retries,
-        )
-    else:
-        from datagen.teachers import LocalTeacher
-
-        judge = LocalTeacher.from_pretrained(
-            args.judge_model, max_new_tokens=args.judge_max_tokens, temperature=args.judge_temperature
-        )
+    judge = build_teacher(
+        args.judge, args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+        temperature=args.judge_temperature, max_tokens=args.judge_max_tokens, timeout=args.judge_timeout,
+        max_retries=args.judge_max_retries,
+    )
     return judge, f"{judge.describe()} (temperature {args.judge_temperature})"
 
 
