@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +35,7 @@ from datagen.prompting import (
     to_llava_sample,
 )
 from datagen.store import AppendOnlyJsonl
+from datagen.concurrency import bounded_map
 from datagen.teachers import Teacher, TeacherError, TeacherReply, TokenUsage, build_teacher
 from processing.jsonio import write_atomic
 
@@ -166,8 +167,6 @@ def run_generation(
     At most `concurrency` requests are in flight. Results are written by this thread as they
     arrive, so the files never see interleaved lines.
     """
-    from tqdm.auto import tqdm
-
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     summary = GenerationSummary()
@@ -180,28 +179,9 @@ def run_generation(
         def request(context: ImageContext, response_type: str) -> TeacherReply:
             return teacher.complete(build_messages(response_type, format_context(context)))
 
-        pending = iter(todo)
-        in_flight: dict[Future, tuple[ImageContext, str]] = {}
-        bar = tqdm(total=len(todo), unit="req", desc="generate-data", disable=not progress, file=sys.stderr)
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            try:
-                while True:
-                    # Keep the window full: at most `concurrency` requests outstanding, the rest not yet submitted.
-                    while len(in_flight) < concurrency and (item := next(pending, None)) is not None:
-                        in_flight[pool.submit(request, *item)] = item
-                    if not in_flight:
-                        break
-                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        context, response_type = in_flight.pop(future)
-                        usage += _record_outcome(future, context, response_type, seed, accepted_file, rejected_file, summary)
-                        bar.update(1)
-            except BaseException:
-                for future in in_flight:
-                    future.cancel()
-                raise
-            finally:
-                bar.close()
+        outcomes = bounded_map(request, todo, concurrency, total=len(todo), desc="generate-data", progress=progress)
+        for (context, response_type), future in outcomes:
+            usage += _record_outcome(future, context, response_type, seed, accepted_file, rejected_file, summary)
 
     summary.prompt_tokens, summary.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     if price_input is not None or price_output is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -265,31 +264,10 @@ def judge_all(
     yet started are cancelled, the reviews finished so far are already recorded, and the error is
     raised: rerunning resumes from there.
     """
-    from tqdm.auto import tqdm
-
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    from datagen.concurrency import bounded_map
 
     def review(item: JudgeItem, order: str) -> dict[str, Any]:
         return judge_one(judge, item, judge_id=judge_id, order=order, max_attempts=max_attempts)
 
-    pending = iter(tasks)
-    in_flight: set[Future] = set()
-    bar = tqdm(total=len(tasks), desc="judging", unit="review", disable=not progress)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        try:
-            while True:
-                while len(in_flight) < concurrency and (task := next(pending, None)) is not None:
-                    in_flight.add(pool.submit(review, *task))
-                if not in_flight:
-                    break
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-                    bar.update(1)
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
-        finally:
-            bar.close()
+    for _, future in bounded_map(review, tasks, concurrency, total=len(tasks), desc="judging", unit="review", progress=progress):
+        record(future.result())

@@ -119,7 +119,8 @@ def test_judge_end_to_end_through_loopback_server(tmp_path, tiny_model_dir, chat
     requests = server.requests()
     assert len(requests) == 3 * 2 + 2 * 3  # q0, q1, q3: one per order; q2: 3 attempts per order
     assert all(r["body"]["model"] == "judge-gpt" for r in requests)
-    first = requests[0]["body"]["messages"][1]["content"]
+    # Requests run concurrently, so the server sees them in any order: pick q0's by its question.
+    first = next(r["body"]["messages"][1]["content"] for r in requests if "(q0)" in r["body"]["messages"][1]["content"])
     assert (
         "Caption number 0.\n\ncat: [0.1, 0.2, 0.3, 0.4]" in first
         and "[Question]\nwhat is in the image ? (q0)" in first
