@@ -324,6 +324,14 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
             image_hidden_states=outputs.image_hidden_states,
         )
 
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        # `generate` drops pixel_values after the prefill (their tokens are then in the cache) but does not know
+        # our `vision_features`; drop them the same way, or every decode step would try to merge them again.
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            model_inputs.pop("vision_features", None)
+        return model_inputs
+
 
 # save_pretrained copies this file (and configuration_llava.py) next to the weights.
 LlavaForCausalLM.register_for_auto_class("AutoModelForImageTextToText")

@@ -157,6 +157,20 @@ def test_precomputed_vision_features_give_the_same_logits():
     torch.testing.assert_close(actual, expected)
 
 
+def test_generate_from_precomputed_vision_features_equals_generate_from_pixels():
+    # generate drops pixel_values after the prefill; vision_features must be dropped too, or the first decode
+    # step fails with "0 image tokens but 1 image(s)".
+    model = tiny_llava_model().eval()
+    ids = torch.tensor([prompt([5, 6])])
+    pixel_values = torch.randn(1, 3, 30, 30)
+    with torch.no_grad():
+        features = model.model.get_vision_features(pixel_values)
+        expected = model.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=4, do_sample=False)
+        actual = model.generate(input_ids=ids, vision_features=features, max_new_tokens=4, do_sample=False)
+    assert actual.shape[1] == ids.shape[1] + 4
+    assert torch.equal(actual, expected)
+
+
 def test_save_and_reload_safetensors_roundtrip(tmp_path):
     model = tiny_llava_model(projector_type="linear")
     model.save_pretrained(tmp_path)
