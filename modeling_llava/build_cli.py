@@ -21,6 +21,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="linear (the paper's W), mlp2x_gelu (LLaVA-1.5), mlp<N>x_gelu, or identity. Default: linear.",
     )
     parser.add_argument(
+        "--projector-init", choices=["normal", "embedding_mean"], default="normal",
+        help="normal: N(0, initializer_range) weights, zero bias (the paper). embedding_mean: same weights, last "
+        "bias = the LLM's mean word embedding, so image tokens start where the LLM expects words (faster stage 1).",
+    )
+    parser.add_argument(
         "--vision-feature-layer", type=int, nargs="+", default=[-2],
         help="Vision hidden state(s) used as features; several are concatenated. Default: -2 (before the last layer).",
     )
@@ -51,6 +56,7 @@ def main(argv: list[str]) -> int:
         args.vision,
         args.language,
         projector_type=args.projector_type,
+        projector_init=args.projector_init,
         vision_feature_layer=layer,
         vision_feature_select_strategy=args.vision_feature_select_strategy,
         chat_template=args.chat_template,

@@ -192,3 +192,21 @@ def test_output_folder_must_be_empty(ours, tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         convert_checkpoints.to_llava_hf(ours, tmp_path / "busy")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "user data"
+
+
+def test_embedding_mean_projector_init_starts_image_tokens_at_the_mean_word_embedding(parts):
+    from modeling_llava.build import build_llava
+
+    torch.manual_seed(0)
+    normal, _ = build_llava(parts / "clip", parts / "llm", projector_type="mlp2x_gelu")
+    torch.manual_seed(0)
+    centred, _ = build_llava(parts / "clip", parts / "llm", projector_type="mlp2x_gelu", projector_init="embedding_mean")
+    mean_embedding = LlamaForCausalLM.from_pretrained(parts / "llm").get_input_embeddings().weight.mean(0)
+    torch.testing.assert_close(centred.model.multi_modal_projector.linear_2.bias, mean_embedding)
+    assert torch.count_nonzero(normal.model.multi_modal_projector.linear_2.bias) == 0
+    # only that bias differs; the weights are the same seeded draw
+    assert torch.equal(centred.model.multi_modal_projector.linear_1.weight, normal.model.multi_modal_projector.linear_1.weight)
+    with pytest.raises(ValueError, match="projector_init='embedding_mean'.*identity"):
+        build_llava(parts / "clip", parts / "llm", projector_type="identity", projector_init="embedding_mean")
+    with pytest.raises(ValueError, match="projector_init must be one of"):
+        build_llava(parts / "clip", parts / "llm", projector_init="zeros")
