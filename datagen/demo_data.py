@@ -64,8 +64,13 @@ def build_demo_data(
     image_size: int = 64,
     stage2_samples_per_scene: int = 2,
     proportions: dict[str, float] | None = None,
+    stage2_scenes: int | None = None,
 ) -> DemoData:
-    """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present)."""
+    """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
+
+    Stage 1 gets one caption per training scene; stage 2 draws its samples from the first `stage2_scenes`
+    training scenes (default: all), as the paper's stage-2 images are a subset of its stage-1 images.
+    """
     root = Path(root)
     data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
     if all(path.is_file() for path in (data.stage1, data.stage2, data.eval_questions)):
@@ -78,7 +83,8 @@ def build_demo_data(
     _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))
     teacher = TemplateTeacher(list(detail_instructions()))
     proportions = proportions or {"conversation": 0.6, "detail": 0.15, "complex": 0.25}
-    _write_json(data.stage2, stage2_records(train, rng, teacher, proportions, stage2_samples_per_scene))
+    stage2_source = train[:stage2_scenes] if stage2_scenes is not None else train
+    _write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene))
 
     lines = []
     for scene in held_out:

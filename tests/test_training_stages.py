@@ -91,7 +91,8 @@ def test_stage1_saves_projector_with_original_names_and_a_loadable_model(stage1)
         assert torch.equal(tensor, output.model.state_dict()[name]), name
 
 
-def test_trl_loss_equals_model_loss_and_the_projector_gets_gradients(workdir):
+@pytest.mark.parametrize("supervised_logits_loss", [False, True], ids=["trl-fused-head", "supervised-logits"])
+def test_trl_loss_equals_model_loss_and_the_projector_gets_gradients(workdir, supervised_logits_loss):
     from training.arguments import LlavaSFTConfig
     from training.collators import stage1_collator
     from training.trainer import LlavaSFTTrainer, configure_trainable_parameters
@@ -109,11 +110,19 @@ def test_trl_loss_equals_model_loss_and_the_projector_gets_gradients(workdir):
         data_collator=collator,
         train_dataset=dataset,
         processing_class=processor,
+        supervised_logits_loss=supervised_logits_loss,
     )
     batch = collator([dataset[i] for i in range(4)])
     trl_loss = trainer.compute_loss(model, dict(batch))
     reference = model(**batch).loss
     assert torch.allclose(trl_loss, reference, atol=1e-5), (trl_loss, reference)
+    # with gradient accumulation the Trainer passes the token count of all micro-batches
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    scaled = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(2 * supervised))
+    assert torch.allclose(scaled, reference / 2, atol=1e-5)
+    if supervised_logits_loss:
+        logs = trainer._metrics["train"]
+        assert 0.0 <= logs["mean_token_accuracy"][-1] <= 1.0 and logs["entropy"][-1] > 0
     trl_loss.backward()
     gradients = [p.grad for p in model.model.multi_modal_projector.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in gradients)

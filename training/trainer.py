@@ -2,6 +2,7 @@
 
 - a separate learning rate for the projector (its own optimizer parameter groups);
 - optional length grouping by modality (image and text-only samples in separate batches);
+- a loss over logits at the supervised positions only, used on CPU, where TRL's fused LM head is slower;
 - helpers that decide which parameters learn in each stage.
 """
 
@@ -82,6 +83,8 @@ class LlavaSFTTrainer(SFTTrainer):
             (see `training.sampler.ModalityLengthGroupedSampler`).
         sample_lengths: token length of each training sample, negative for text-only samples; needed by
             `group_by_modality_length`.
+        supervised_logits_loss: compute the loss from logits at supervised positions only (see `compute_loss`)
+            instead of TRL's fused LM head. Default: on when the model is on CPU.
         Other arguments: as `trl.SFTTrainer`.
     """
 
@@ -91,14 +94,63 @@ class LlavaSFTTrainer(SFTTrainer):
         projector_learning_rate: float | None = None,
         group_by_modality_length: bool = False,
         sample_lengths: list[int] | None = None,
+        supervised_logits_loss: bool | None = None,
         **kwargs,
     ):
         self.projector_learning_rate = projector_learning_rate
+        self.supervised_logits_loss = supervised_logits_loss
         self.group_by_modality_length = group_by_modality_length
         self.sample_lengths = sample_lengths
         if group_by_modality_length and sample_lengths is None:
             raise ValueError("group_by_modality_length needs sample_lengths (negative for text-only samples).")
         super().__init__(*args, **kwargs)
+
+    def _use_supervised_logits_loss(self, model) -> bool:
+        if self.label_smoother is not None or self.compute_loss_func is not None or self.args.loss_type != "nll":
+            return False  # TRL's own variants
+        if self.supervised_logits_loss is not None:
+            return self.supervised_logits_loss
+        return next(model.parameters()).device.type == "cpu"
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, computed from logits at the supervised positions only when the model runs on CPU.
+
+        TRL's fused LM head accumulates its vocabulary tiles in float32 through Python-level tiling; on CPU that
+        measured 4.0 s per demo stage-2 step (SmolLM2-135M, bf16 autocast, batch 8) against 2.0 s for full
+        logits. Projecting only the positions whose next token is supervised (the union over the batch) gives the
+        same loss — the same token mean, `num_items_in_batch` included — with less work than either.
+        """
+        if not self._use_supervised_logits_loss(model):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"]
+        next_tokens = labels[:, 1:]
+        positions = (next_tokens != -100).any(0).nonzero().squeeze(-1)
+        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "use_cache")}
+        outputs = model(**model_inputs, use_cache=False, logits_to_keep=positions)
+        logits = outputs.logits.float()
+        targets = next_tokens[:, positions]
+        supervised = targets != -100
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        count = supervised.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # like TRL: DDP averages gradients over ranks
+
+        # the metrics TRL logs on its own path (entropy, token accuracy, tokens seen)
+        with torch.no_grad():
+            log_probs = logits[supervised].log_softmax(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1).sum()
+            correct = (logits[supervised].argmax(-1) == targets[supervised]).sum()
+            valid = self.accelerator.gather_for_metrics(supervised.sum()).sum()
+            entropy = self.accelerator.gather_for_metrics(entropy).sum()
+            correct = self.accelerator.gather_for_metrics(correct).sum()
+        self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+        if mode == "train" and "attention_mask" in inputs:
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.projector_learning_rate is None or self.optimizer is not None:
