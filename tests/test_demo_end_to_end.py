@@ -1,7 +1,8 @@
-"""`llava demo` end to end on a shortened run (slow: the real SmolLM2-135M LLM trains for a few steps).
+"""`llava demo` end to end (slow: the real SmolLM2-135M trains for 200 + 150 steps, ~8-15 min on 2 cores).
 
-It checks the pipeline and its deliverables, not the accuracy a shortened run reaches: the tables of a
-full run are in the README and docs/benchmarks.md.
+It runs the default preset, checks every deliverable, and asserts what the demo is for: the model learns to see
+— held-out accuracy after stage 2 is clearly above chance on colour and shape questions, while before training it
+is not. (The issue's 80% target is not reached yet; the real numbers are in the README and docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
+CHANCE = {"color": 1 / 6, "shape": 1 / 3, "count": 1 / 3}
+MARGIN = 0.10  # >= 2 binomial standard deviations at chance for the default preset's ~60-80 questions per type
 
-def test_shortened_demo_runs_every_stage_and_delivers(tmp_path, smollm2_gguf):
+
+def test_demo_learns_to_see_and_delivers(tmp_path, smollm2_gguf):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "llava_cli", "demo", "--quick", "--train-scenes", "16", "--eval-scenes", "3",
-               "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    command = [sys.executable, "-m", "llava_cli", "demo", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last_lines = result.stdout.strip().splitlines()[-6:]
     assert last_lines[0].startswith("| model | color | shape | count | overall |")
@@ -29,8 +32,13 @@ def test_shortened_demo_runs_every_stage_and_delivers(tmp_path, smollm2_gguf):
         "chance", "before training", "after stage 1", "after stage 2"
     ]
     metrics = json.loads((out / "metrics.json").read_text())
+    accuracy = metrics["accuracy"]
     for stage in ("before training", "after stage 1", "after stage 2"):
-        assert set(metrics["accuracy"][stage]) >= {"color", "shape", "count", "overall"}
+        assert set(accuracy[stage]) >= {"color", "shape", "count", "overall"}
+    for kind in ("color", "shape"):
+        assert accuracy["before training"][kind] < CHANCE[kind] + MARGIN, accuracy
+        assert accuracy["after stage 2"][kind] >= CHANCE[kind] + MARGIN, accuracy
+
     assert metrics["pipeline_check"]["answer"].strip()
     assert (out / "report.md").read_text().count("| ![](report_images/") >= 3
     assert (out / "loss_curves.png").stat().st_size > 10_000
