@@ -79,6 +79,14 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
 
 
+def _every_rank_must_run_every_module() -> bool:
+    """True in a distributed job (DDP, FSDP, DeepSpeed): all ranks must run the same modules each step."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return distributed or is_deepspeed_zero3_enabled()
+
+
 class LlavaModel(LlavaPreTrainedModel):
     """The LLaVA backbone without a language-modelling head.
 
@@ -111,9 +119,13 @@ class LlavaModel(LlavaPreTrainedModel):
         total = self._num_vision_layers()
         return max(layer if layer >= 0 else total + 1 + layer for layer in self.config.vision_feature_layers)
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    def expected_pixel_shape(self) -> tuple[int, int, int]:
+        """`(channels, height, width)` of one image as the vision encoder takes it."""
         vision = self.config.vision_config
-        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        return (vision.num_channels, vision.image_size, vision.image_size)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        expected = self.expected_pixel_shape()
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values have shape {tuple(pixel_values.shape)}; this model's vision encoder expects "
@@ -219,6 +231,13 @@ class LlavaModel(LlavaPreTrainedModel):
                 raise ValueError(
                     f"The text has {num_tokens} image tokens but no pixel_values (0 image features) were given."
                 )
+        if image_features is None and self.training and _every_rank_must_run_every_module():
+            # A text-only batch on one rank while the others have images: under ZeRO-3/FSDP the tower's and the
+            # projector's parameters are gathered collectively (the job hangs), under DDP the projector's gradient
+            # is missing on this rank (the reduction fails). Run them on one blank image and add the result times
+            # zero: the same modules on every rank, the same loss, zero gradients from this batch.
+            blank = torch.zeros((1, *self.expected_pixel_shape()), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+            inputs_embeds = inputs_embeds + 0.0 * self.get_image_features(blank).sum()
 
         outputs = self.language_model(
             attention_mask=attention_mask,

@@ -189,3 +189,27 @@ def test_tied_embeddings_follow_text_config(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = LlavaForCausalLM.from_pretrained(tmp_path)
     assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+
+
+def test_text_only_batch_in_a_distributed_job_runs_tower_and_projector_without_changing_the_loss(monkeypatch):
+    # Under ZeRO-3/FSDP (collective parameter gathering) and DDP (gradient reduction) every rank must run the same
+    # modules; a text-only batch therefore runs one blank image through the tower and projector, weighted by zero.
+    import modeling_llava.modeling_llava as modeling
+
+    model = tiny_llava_model().train()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    tower_calls = []
+    model.model.vision_tower.embeddings.register_forward_hook(lambda *args: tower_calls.append(1))
+    single_process = model(input_ids=ids, labels=ids).loss
+    assert tower_calls == []
+    monkeypatch.setattr(modeling, "_every_rank_must_run_every_module", lambda: True)
+    distributed = model(input_ids=ids, labels=ids).loss
+    assert tower_calls == [1]
+    assert torch.equal(distributed, single_process)
+    distributed.backward()
+    projector_grads = [p.grad for p in model.model.multi_modal_projector.parameters()]
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in projector_grads)
+    # not while generating or evaluating
+    model.eval()
+    model(input_ids=ids)
+    assert tower_calls == [1]
