@@ -155,16 +155,13 @@ def train_stage(stage: int, model_dir: Path, data, out: Path, preset: dict, seed
 
 
 def mixed_precision_overrides() -> dict:
-    """bf16 autocast on CPUs with native bf16 matrix units (AVX512-BF16 or AMX), where it measured 2.1x faster
-    training steps for SmolLM2-135M than float32; elsewhere the stage config's own precision."""
+    """bf16 autocast on CPUs with native bf16 (`training.arguments.cpu_has_native_bf16`); elsewhere the stage
+    configs' own precision (on GPUs: bf16 where supported)."""
     import torch
 
-    if torch.cuda.is_available():
-        return {}
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
-    return {"bf16": True, "use_cpu": True} if native else {}
+    from training.arguments import cpu_has_native_bf16
+
+    return {"bf16": True, "use_cpu": True} if not torch.cuda.is_available() and cpu_has_native_bf16() else {}
 
 
 class ProgressCallback(TrainerCallback):
