@@ -24,8 +24,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 # Stage 1 sees one caption per training scene (batch 8: train_scenes / 8 steps); stage 2 one teacher sample per
-# scene for the first `stage2_fraction` of them. Most of the ~7-minute budget goes to stage 1, which aligns the
-# image tokens with the LLM's word embeddings: the experiments in docs/benchmarks.md locate the bottleneck there.
+# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~130 s + ~270 s here). The experiments in
+# docs/benchmarks.md locate the bottleneck in stage 1's alignment of image tokens with the LLM's word embeddings.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
     "default": dict(train_scenes=1600, eval_scenes=40, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
