@@ -65,6 +65,7 @@ def build_demo_data(
     stage2_samples_per_scene: int = 2,
     proportions: dict[str, float] | None = None,
     stage2_scenes: int | None = None,
+    rows: tuple[int, ...] = (0, 1, 2),
 ) -> DemoData:
     """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
 
@@ -76,8 +77,8 @@ def build_demo_data(
     if all(path.is_file() for path in (data.stage1, data.stage2, data.eval_questions)):
         return data
     rng = random.Random(seed)
-    train = write_scenes(root / "train", train_scenes, seed=seed, image_size=image_size, prefix="train")
-    held_out = write_scenes(root / "eval", eval_scenes, seed=seed + 1, image_size=image_size, prefix="eval")
+    train = write_scenes(root / "train", train_scenes, seed=seed, image_size=image_size, prefix="train", rows=rows)
+    held_out = write_scenes(root / "eval", eval_scenes, seed=seed + 1, image_size=image_size, prefix="eval", rows=rows)
 
     pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in train]
     _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))

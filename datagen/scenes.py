@@ -64,11 +64,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=color)
 
 
-def random_scene(scene_id: str, rng: random.Random, image_size: int) -> tuple[Scene, Image.Image]:
+def random_scene(
+    scene_id: str, rng: random.Random, image_size: int, rows: tuple[int, ...] = (0, 1, 2)
+) -> tuple[Scene, Image.Image]:
     """Draw one scene: 1-3 objects in distinct columns on a noisy background.
 
-    The canvas is a 3x3 grid of cells; each object sits in its own column, in a random row, with a random
-    size (55-90% of a cell) and a small random offset. With a vision patch as large as a cell, an object
+    The canvas is a 3x3 grid of cells; each object sits in its own column, in a random one of `rows`, with a
+    random size (55-90% of a cell) and a small random offset. With a vision patch as large as a cell, an object
     mostly falls within one patch, which lets the offline demo learn from a small, fast encoder.
     """
     background = np.array([rng.randint(150, 255) for _ in range(3)], dtype=np.float32)
@@ -84,7 +86,7 @@ def random_scene(scene_id: str, rng: random.Random, image_size: int) -> tuple[Sc
         size = rng.uniform(0.55, 0.9) * cell
         slack = (cell - size) / 2
         center_x = (POSITIONS.index(position) + 0.5) * cell + rng.uniform(-slack, slack)
-        center_y = (rng.randint(0, 2) + 0.5) * cell + rng.uniform(-slack, slack)
+        center_y = (rows[rng.randrange(len(rows))] + 0.5) * cell + rng.uniform(-slack, slack)
         box = (center_x - size / 2, center_y - size / 2, center_x + size / 2, center_y + size / 2)
         _draw_shape(draw, shape, tuple(int(round(v)) for v in box), COLORS[color])
         normalised = tuple(round(min(max(v / image_size, 0.0), 1.0), 3) for v in box)
@@ -109,15 +111,17 @@ def captions(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
     return templates[:count]
 
 
-def write_scenes(out_dir: str | Path, count: int, seed: int, image_size: int = 64, prefix: str = "scene") -> list[Scene]:
-    """Write `count` scenes as PNGs plus COCO-format `captions.json` and `instances.json` into `out_dir`."""
+def write_scenes(
+    out_dir: str | Path, count: int, seed: int, image_size: int = 64, prefix: str = "scene", rows: tuple[int, ...] = (0, 1, 2)
+) -> list[Scene]:
+    """Write `count` scenes (see `random_scene`) as PNGs plus COCO-format `captions.json` and `instances.json`."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     scenes, images, annotations, caption_annotations = [], [], [], []
     categories = {name: index + 1 for index, name in enumerate(SHAPES)}
     for index in range(count):
-        scene, image = random_scene(f"{prefix}-{index:05d}", rng, image_size)
+        scene, image = random_scene(f"{prefix}-{index:05d}", rng, image_size, rows)
         file_name = f"images/{scene.id}.png"
         image.save(out_dir / file_name)
         images.append({"id": index, "file_name": file_name, "width": image_size, "height": image_size})

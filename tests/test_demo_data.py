@@ -30,6 +30,18 @@ def test_scene_pixels_show_each_object_in_its_colour_and_column():
             assert column * 64 / 3 - 3 <= (x1 + x2) / 2 <= (column + 1) * 64 / 3 + 3
 
 
+def test_scene_rows_restrict_where_objects_sit_vertically():
+    rng = random.Random(5)
+    def rows_used(rows):
+        used = set()
+        for index in range(40):
+            scene, _ = random_scene(f"s{index}", rng, image_size=48, rows=rows)
+            used |= {int((obj.bbox[1] + obj.bbox[3]) / 2 * 3) for obj in scene.objects}
+        return used
+    assert rows_used((0, 1, 2)) == {0, 1, 2}
+    assert rows_used((1,)) == {1}
+
+
 def test_write_scenes_coco_files_agree_with_the_scenes(tmp_path):
     scenes = write_scenes(tmp_path, count=5, seed=1, image_size=48)
     instances = json.loads((tmp_path / "instances.json").read_text())
