@@ -11,7 +11,11 @@ ORACLE=1: per-cell one-hot features (colour, shape, occupied, cell index) instea
 ORACLE=1, PROJ=linear): a projector set by hand so each cell's token is emb(colour) + emb(shape); TEXT=1: the
 caption in the prompt instead of the image; STATINIT=s: last projector bias = mean word embedding, weights x s;
 TRAIN_TOWER / T2: train the tower in stage 1 / stage 2 (LRT); DENSE=1: every question of a scene in one
-multi-turn sample; AC=1: bf16 autocast. Prints the running loss and exact-match accuracy on NEVAL held-out scenes.
+multi-turn sample; AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012).
+Projector starts tried for stage 1: STDINIT=g (weights scaled per input feature by 1/std, bias = mean word embedding
+minus the mean feature's image), REPARAM=1 (a fixed standardisation in front of the projector), WARM=ridge (closed-form
+regression of each image's mean token onto its caption's mean word embedding). Prints the running loss, after stage
+1 the colour/shape accuracy of greedy captions on NCAP scenes, and exact-match accuracy on NEVAL held-out scenes.
 """
 import sys, time, random, torch, os
 from pathlib import Path
@@ -26,7 +30,7 @@ E = lambda k, d: type(d)(os.environ.get(k, d))
 IMG=E("IMG",48); PATCH=E("PATCH",16); HID=E("HID",256); LAYERS=E("LAYERS",2); FL=E("FL",-2)
 ORACLE=E("ORACLE",0); TRAIN_TOWER=E("TRAIN_TOWER",0); S1=E("S1",0); S2=E("S2",150); BS=E("BS",8)
 LR1=E("LR1",2e-3); LR2=E("LR2",1e-4); LRP2=E("LRP2",1e-3); PROJ=E("PROJ","mlp2x_gelu"); DENSE=E("DENSE",1); AC=E("AC",1)
-WD=E("WD",0.0); TEXT=E("TEXT",0); CAP=[""]
+WD=E("WD",0.0); TEXT=E("TEXT",0); CAP=[""]; ROWS=tuple(int(r) for r in E("ROWS","012"))
 t0=time.time()
 SMOL = smollm2_checkpoint(); tok = AutoTokenizer.from_pretrained(SMOL); lm = AutoModelForCausalLM.from_pretrained(SMOL)
 img_id = add_image_token(tok); lm.resize_token_embeddings(len(tok), mean_resizing=False)
@@ -67,7 +71,7 @@ rng = random.Random(0)
 def batch(kind):
     I, L, P = [], [], []
     for _ in range(BS):
-        sc, im = random_scene("x", rng, IMG)
+        sc, im = random_scene("x", rng, IMG, ROWS)
         if kind==1:
             i = [img_id]*N + ids("\n"); c = ids(captions(sc, rng, 1)[0] + "\n"); i, l = i + c, [-100]*len(i) + c
         else:
@@ -80,7 +84,7 @@ def batch(kind):
                 attention_mask=torch.tensor([[1]*len(i)+[0]*(M-len(i)) for i in I]), **({} if TEXT else {KEY: torch.stack(P)}))
 evrng = random.Random(123); evalset=[]
 for k in range(E("NEVAL",25)):
-    sc, im = random_scene("e", evrng, IMG)
+    sc, im = random_scene("e", evrng, IMG, ROWS)
     cap=captions(sc, evrng, 5)[0]
     for t,q,a in qa(sc): evalset.append((t,q,a,feats(sc,im),cap))
 def evaluate():
@@ -106,6 +110,63 @@ if E("STATINIT",0.0):
     emb = model.get_input_embeddings().weight
     with torch.no_grad():
         lin.bias.copy_(emb.mean(0)); lin.weight.mul_(E("STATINIT",0.0))
+if E("STDINIT",0.0) or E("REPARAM",0):
+    # Feature statistics of the (frozen) tower on 256 training-like scenes.
+    srng = random.Random(7); Z = []
+    with torch.no_grad():
+        for _ in range(32):
+            P = torch.stack([feats(*random_scene("s", srng, IMG, ROWS)) for _ in range(8)])
+            Z.append(P.reshape(-1, P.shape[-1]) if ORACLE else model.model.vision_tower(pixel_values=P, output_hidden_states=True).hidden_states[FL][:, 1:].reshape(-1, HID))
+    Z = torch.cat(Z); MU, SD = Z.mean(0), Z.std(0) + 1e-5
+    lin = [m for m in model.model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        if E("REPARAM",0):
+            # fixed standardisation in front of the projector: a different parameterisation, same function class
+            inner = model.model.multi_modal_projector.forward
+            model.model.multi_modal_projector.forward = lambda x: inner((x - MU.to(x.dtype)) / SD.to(x.dtype))
+            lin.weight.normal_(0, E("STDINIT",0.0) / HID ** 0.5); lin.bias.copy_(emb.mean(0))
+        else:
+            lin.weight.normal_(0, E("STDINIT",0.0) / HID ** 0.5).div_(SD); lin.bias.copy_(emb.mean(0) - lin.weight @ MU)
+    print("feature stats: mean norm", round(MU.norm().item(), 2), "centered", round((Z - MU).norm(dim=1).mean().item(), 2), flush=True)
+if E("WARM",0.0):
+    # Closed-form warm start of the linear projector on image-caption pairs: ridge regression of the image's mean
+    # projected token onto the mean embedding of its caption's tokens (bag of words); stage 1 then refines it.
+    wrng = random.Random(11); F, T = [], []
+    emb = model.get_input_embeddings().weight.detach().float()
+    with torch.no_grad():
+        for _ in range(E("WARMN", 1600) // 8):
+            scs = [random_scene("w", wrng, IMG, ROWS) for _ in range(8)]
+            P = torch.stack([feats(*x) for x in scs])
+            Zb = P if ORACLE else model.model.vision_tower(pixel_values=P, output_hidden_states=True).hidden_states[FL][:, 1:]
+            F.append(Zb.float().mean(1))
+            T += [emb[ids(captions(sc, wrng, 1)[0])].mean(0) for sc, _ in scs]
+    F = torch.cat(F); T = torch.stack(T)
+    fm, tm = F.mean(0), T.mean(0); Fc, Tc = F - fm, T - tm
+    A = Fc.T @ Fc; A += E("WARM", 0.0) * A.trace() / A.shape[0] * torch.eye(A.shape[0])
+    Wt = torch.linalg.solve(A, Fc.T @ Tc)  # (in, out)
+    lin = [m for m in model.model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        g = E("WARMG", 1.0); lin.weight.copy_(g * Wt.T); lin.bias.copy_(g * (tm - Wt.T @ fm))
+    r2 = 1 - ((Fc @ Wt - Tc) ** 2).sum() / (Tc ** 2).sum()
+    print("warm start fitted, train R^2", round(r2.item(), 3), flush=True)
+def caption_eval():
+    """Colour/shape accuracy of greedy stage-1 captions (objects matched in caption order)."""
+    import re
+    model.eval(); ok_c = ok_s = tot = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(AC)):
+        for sc, p in capset:
+            i = [img_id]*N + ids("\n")
+            out = model.generate(input_ids=torch.tensor([i]), **{KEY: p[None]}, max_new_tokens=24, do_sample=False)
+            w = re.findall(r"[a-z]+", tok.decode(out[0, len(i):], skip_special_tokens=True).split("\n")[0].lower())
+            pred = [(w[k], w[k+1]) for k in range(len(w)-1) if w[k] in COLORS and w[k+1] in SHAPES]
+            for k, o in enumerate(sc.objects):
+                tot += 1
+                if k < len(pred): ok_c += pred[k][0] == o.color; ok_s += pred[k][1] == o.shape
+    model.train(); return {"caption colour": round(ok_c/tot, 2), "caption shape": round(ok_s/tot, 2)}
+caprng = random.Random(321); capset = []
+for _ in range(E("NCAP",30)):
+    sc, im = random_scene("c", caprng, IMG, ROWS); capset.append((sc, feats(sc, im)))
 if E("IDEAL",0):
     W = model.model.multi_modal_projector
     lin = [m for m in W.modules() if isinstance(m, torch.nn.Linear)][0]
@@ -125,7 +186,8 @@ if S1:
     if TRAIN_TOWER:
         for p in tower: p.requires_grad=True
     train(1, S1, [{"params": proj, "lr": LR1}] + ([{"params": tower, "lr": E("LRT",1e-3)}] if TRAIN_TOWER else []))
-    print("after s1", evaluate(), round(time.time()-t0,1), flush=True)
+    print("after s1", caption_eval(), evaluate() if S2 else "", round(time.time()-t0,1), flush=True)
+if not S2: sys.exit(0)
 for p in llm: p.requires_grad=True
 T2=E("T2",TRAIN_TOWER)
 for p in tower: p.requires_grad=bool(T2)
