@@ -15,7 +15,7 @@ from pathlib import Path
 
 from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
 
-from .scenes import Scene, captions, write_scenes
+from .scenes import ROWS, Scene, captions, write_scenes
 from .template_teacher import TemplateTeacher, exact_questions
 
 RESPONSE_TYPES = ("conversation", "detail", "complex")
@@ -65,7 +65,7 @@ def build_demo_data(
     stage2_samples_per_scene: int = 2,
     proportions: dict[str, float] | None = None,
     stage2_scenes: int | None = None,
-    rows: tuple[int, ...] = (0, 1, 2),
+    rows: tuple[int, ...] = ROWS,
 ) -> DemoData:
     """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
 

@@ -26,6 +26,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "middle", "right")
+ROWS = (0, 1, 2)  # grid rows an object may sit in, top to bottom
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 
@@ -65,7 +66,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
 
 
 def random_scene(
-    scene_id: str, rng: random.Random, image_size: int, rows: tuple[int, ...] = (0, 1, 2)
+    scene_id: str, rng: random.Random, image_size: int, rows: tuple[int, ...] = ROWS
 ) -> tuple[Scene, Image.Image]:
     """Draw one scene: 1-3 objects in distinct columns on a noisy background.
 
@@ -114,7 +115,7 @@ def captions(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
 
 
 def write_scenes(
-    out_dir: str | Path, count: int, seed: int, image_size: int = 64, prefix: str = "scene", rows: tuple[int, ...] = (0, 1, 2)
+    out_dir: str | Path, count: int, seed: int, image_size: int = 64, prefix: str = "scene", rows: tuple[int, ...] = ROWS
 ) -> list[Scene]:
     """Write `count` scenes (see `random_scene`) as PNGs plus COCO-format `captions.json` and `instances.json`."""
     out_dir = Path(out_dir)

@@ -24,7 +24,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 # Stage 1 sees one caption per training scene (batch 8: train_scenes / 8 steps); stage 2 one teacher sample per
-# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~130 s + ~270 s here). The experiments in
+# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~120 s + ~300 s here). The experiments in
 # docs/benchmarks.md locate the bottleneck in the LLM learning to read per-cell image tokens (the tower's features
 # are linearly separable; even hand-set word-like tokens reach only ~70% in 100 stage-2 steps).
 PRESETS = {
