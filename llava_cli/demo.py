@@ -15,6 +15,7 @@ Everything is cached under `--output-dir`: re-running reuses finished steps.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -67,6 +68,39 @@ class Step:
 
     def __call__(self, message: str) -> None:
         print(f"[demo {time.time() - self.started:6.0f}s] {message}", flush=True)
+
+
+def run_settings(preset_name: str, preset: dict, seed: int) -> dict:
+    """Everything the cached steps depend on: preset, seed, scene and tower layout, the data generator's and the
+    two stage configs' text (hashed, so that editing either invalidates a run directory instead of mixing runs)."""
+    root = Path(__file__).resolve().parents[1]
+    configs = root / "training" / "configs"
+    generator = b"".join((root / "datagen" / name).read_bytes() for name in ("scenes.py", "template_teacher.py", "demo_data.py"))
+    return {
+        "preset": preset_name, **preset, "seed": seed, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+        "scene_rows": list(SCENE_ROWS), "stage2_proportions": STAGE2_PROPORTIONS,
+        "data_generator": hashlib.sha256(generator).hexdigest()[:16],
+        **{f"demo_stage{stage}.yaml": hashlib.sha256((configs / f"demo_stage{stage}.yaml").read_bytes()).hexdigest()[:16]
+           for stage in (1, 2)},
+    }
+
+
+def check_run_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume a run made with other settings: its cached data, checkpoints and scores would be reused
+    silently (e.g. `--full` into a default run's directory). Nothing is deleted; the user picks another directory."""
+    path = out / "run_settings.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(key for key in previous.keys() | settings.keys() if previous.get(key) != settings.get(key))
+        if changed:
+            details = "; ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
+            raise SystemExit(f"llava demo: {out} holds a run made with other settings ({details}). "
+                             "Use another --output-dir, or delete that directory to start over.")
+        return
+    if any(out.iterdir()):
+        raise SystemExit(f"llava demo: {out} is not empty and has no run_settings.json (not a demo run directory, or "
+                         "one from an older version). Use another --output-dir, or delete it to start over.")
+    path.write_text(json.dumps(settings, indent=1))
 
 
 def build_base_model(out: Path, language_dir: Path, log: Step) -> Path:
@@ -196,6 +230,7 @@ def main(argv: list[str]) -> int:
             preset[key] = getattr(args, key)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_run_settings(out, run_settings(preset_name, preset, args.seed))
     started = time.time()
     log = Step(started)
 
