@@ -9,7 +9,8 @@ variables, e.g.
 
 ORACLE=1: per-cell one-hot features (colour, shape, occupied, cell index) instead of the tower's; IDEAL=1 (with
 ORACLE=1, PROJ=linear): a projector set by hand so each cell's token is emb(colour) + emb(shape); TEXT=1: the
-caption in the prompt instead of the image; STATINIT=s: last projector bias = mean word embedding, weights x s;
+caption in the prompt instead of the image; with IDEAL=1, SCALE=s multiplies the hand-set tokens by s (their norm)
+and TOK=2 gives each cell two tokens (colour, then shape) instead of one; STATINIT=s: last projector bias = mean word embedding, weights x s;
 TRAIN_TOWER / T2: train the tower in stage 1 / stage 2 (LRT); DENSE=1: every question of a scene in one
 multi-turn sample; AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012).
 Projector starts tried for stage 1: STDINIT=g (weights scaled per input feature by 1/std, bias = mean word embedding
@@ -37,16 +38,17 @@ img_id = add_image_token(tok); lm.resize_token_embeddings(len(tok), mean_resizin
 torch.manual_seed(0)
 vc = CLIPVisionConfig(hidden_size=HID, intermediate_size=HID*4, num_hidden_layers=LAYERS, num_attention_heads=4, image_size=IMG, patch_size=PATCH)
 model = assemble_llava(CLIPVisionModel(vc), lm, img_id, projector_type=PROJ, vision_feature_layer=FL)
-N = model.config.image_seq_length
+TOK=E('TOK',1); N = model.config.image_seq_length*TOK
 mean=np.array([0.48145466,0.4578275,0.40821073]); std=np.array([0.26862954,0.26130258,0.27577711])
 def pix(im): return torch.tensor(((np.asarray(im,dtype=np.float32)/255-mean)/std).transpose(2,0,1),dtype=torch.float32)
 CN=list(COLORS)
 def oracle(sc):
     f=torch.zeros(N,HID)
-    for k in range(N): f[k,10+k]=1.0
+    for k in range(N): f[k,10+k//TOK]=1.0
     for o in sc.objects:
         cx=(o.bbox[0]+o.bbox[2])/2; cy=(o.bbox[1]+o.bbox[3])/2; k=int(cy*3)*3+int(cx*3)
-        f[k,CN.index(o.color)]=1; f[k,6+SHAPES.index(o.shape)]=1; f[k,9]=1
+        if TOK==1: f[k,CN.index(o.color)]=1; f[k,6+SHAPES.index(o.shape)]=1; f[k,9]=1
+        else: f[2*k,CN.index(o.color)]=1; f[2*k+1,6+SHAPES.index(o.shape)]=1; f[2*k,9]=1
     return f
 KEY='vision_features' if ORACLE else 'pixel_values'
 def feats(sc, im): return oracle(sc) if ORACLE else pix(im)
@@ -176,6 +178,7 @@ if E("IDEAL",0):
         for c,name in enumerate(CN): lin.weight[:, c] = emb[ids(" "+name)[0]]
         for c,name in enumerate(SHAPES): lin.weight[:, 6+c] = emb[ids(" "+name)[0]]
         for k,name in enumerate(["left","middle","right"]*3): lin.weight[:, 10+k] = E("POSW",0.0)*emb[ids(" "+name)[0]]
+    with torch.no_grad(): lin.weight.mul_(E("SCALE",1.0))
     print("ideal projector set", [len(ids(" "+n)) for n in CN+list(SHAPES)])
 print("setup", round(time.time()-t0,1), "N", N, flush=True)
 if E("EVAL0",0): print("before", evaluate(), round(time.time()-t0,1), flush=True)

@@ -25,9 +25,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 # Stage 1 sees one caption per training scene (batch 8: train_scenes / 8 steps); stage 2 one teacher sample per
-# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~120 s + ~300 s here). The experiments in
-# docs/benchmarks.md locate the bottleneck in the LLM learning to read per-cell image tokens (the tower's features
-# are linearly separable; even hand-set word-like tokens reach only ~70% in 100 stage-2 steps).
+# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~115 s + ~315 s here). The experiments in
+# docs/benchmarks.md locate the bottleneck in the image tokens stage 1 learns: the tower's features are linearly
+# separable and hand-set word-like tokens are read at 85-97% after 100 stage-2 steps, but the learned tokens are
+# ~25x longer than word embeddings and not word-like.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
     "default": dict(train_scenes=1600, eval_scenes=40, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
