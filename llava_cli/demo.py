@@ -39,6 +39,11 @@ STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
 # A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see datagen.scenes).
 IMAGE_SIZE = 48
 PATCH_SIZE = 16
+# The frozen random CLIP tower (docs/benchmarks.md: 1024- and 1536-wide towers learned less).
+TOWER = dict(
+    hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+    image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=256,
+)
 # Objects sit in the middle row (columns, sizes and jitter still vary): measured 56/59/45 colour/shape/count vs
 # 53/52/42 with random rows, and stage-1 captions 58%/36% vs 41%/41% colour/shape (docs/benchmarks.md).
 SCENE_ROWS = (1,)
@@ -72,17 +77,19 @@ class Step:
 
 
 def run_settings(preset_name: str, preset: dict, seed: int) -> dict:
-    """Everything the cached steps depend on: preset, seed, scene and tower layout, the data generator's and the
-    two stage configs' text (hashed, so that editing either invalidates a run directory instead of mixing runs)."""
+    """Everything the cached steps depend on: preset, seed, tower and scene layout, and the text of the data
+    generator and of the two stage configs (hashed, so that editing either invalidates a run directory instead of
+    mixing runs)."""
     root = Path(__file__).resolve().parents[1]
-    configs = root / "training" / "configs"
-    generator = b"".join((root / "datagen" / name).read_bytes() for name in ("scenes.py", "template_teacher.py", "demo_data.py"))
+
+    def digest(*paths: Path) -> str:
+        return hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()[:16]
+
     return {
-        "preset": preset_name, **preset, "seed": seed, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+        "preset": preset_name, **preset, "seed": seed, "tower": TOWER,
         "scene_rows": list(SCENE_ROWS), "stage2_proportions": STAGE2_PROPORTIONS,
-        "data_generator": hashlib.sha256(generator).hexdigest()[:16],
-        **{f"demo_stage{stage}.yaml": hashlib.sha256((configs / f"demo_stage{stage}.yaml").read_bytes()).hexdigest()[:16]
-           for stage in (1, 2)},
+        "data_generator": digest(*(root / "datagen" / name for name in ("scenes.py", "template_teacher.py", "demo_data.py"))),
+        **{f"demo_stage{stage}.yaml": digest(root / "training" / "configs" / f"demo_stage{stage}.yaml") for stage in (1, 2)},
     }
 
 
@@ -117,10 +124,7 @@ def build_base_model(out: Path, language_dir: Path, log: Step) -> Path:
     torch.manual_seed(0)
     tower_dir = out.parent / "vision-tower"
     if not (tower_dir / "config.json").is_file():
-        vision_config = CLIPVisionConfig(
-            hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=256,
-        )
+        vision_config = CLIPVisionConfig(**TOWER)
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
         )

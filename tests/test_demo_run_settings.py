@@ -12,7 +12,8 @@ from llava_cli.demo import PRESETS, check_run_settings, run_settings
 def test_run_settings_cover_what_the_cached_steps_depend_on():
     settings = run_settings("default", PRESETS["default"], seed=0)
     assert settings["train_scenes"] == PRESETS["default"]["train_scenes"] and settings["seed"] == 0
-    assert {"demo_stage1.yaml", "demo_stage2.yaml", "data_generator", "image_size", "scene_rows"} <= set(settings)
+    assert {"demo_stage1.yaml", "demo_stage2.yaml", "data_generator", "tower", "scene_rows"} <= set(settings)
+    assert settings["tower"]["image_size"] == 48 and settings["tower"]["patch_size"] == 16
     assert run_settings("default", PRESETS["default"], seed=1) != settings
     json.dumps(settings)  # written as run_settings.json
 
