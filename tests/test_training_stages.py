@@ -206,6 +206,36 @@ def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
     assert output.losses
 
 
+def test_vision_tower_learning_rate_gets_its_own_optimizer_group(workdir):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            seen["groups"] = [(group["lr"], len(group["params"])) for group in optimizer.param_groups]
+
+    arguments = dict(
+        model_name_or_path=workdir / "base",
+        data_path=workdir / "chats.json",
+        image_root=workdir / "images",
+        max_steps=1,
+        learning_rate=1e-3,
+        projector_learning_rate=5e-3,
+        vision_tower_learning_rate=2e-4,
+    )
+    run(config("tiny_stage2.yaml", output_dir=workdir / "stage2_tower_lr", freeze_vision_tower=False, **arguments),
+        callbacks=[Spy()])
+    tower = tiny_llava_model().model.vision_tower
+    rates = {lr for lr, _ in seen["groups"]}
+    assert rates == {1e-3, 5e-3, 2e-4}
+    # the tower's parameters that reach the projector (the last layer's are unused and stay frozen)
+    assert 0 < sum(count for lr, count in seen["groups"] if lr == 2e-4) <= len(list(tower.parameters()))
+
+    with pytest.raises(ValueError, match="vision_tower_learning_rate is set but no trainable vision_tower"):
+        run(config("tiny_stage2.yaml", output_dir=workdir / "stage2_frozen_tower_lr", **arguments))
+
+
 def test_lora_stage2_trains_adapters_and_projector_and_merges(workdir):
     from transformers import AutoModelForImageTextToText
 

@@ -111,6 +111,11 @@ class LlavaTrainArguments:
         default=None,
         metadata={"help": "Learning rate of the projector's own optimizer group (default: --learning_rate)."},
     )
+    vision_tower_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the vision tower's own optimizer group when --freeze_vision_tower false "
+                  "(default: --learning_rate)."},
+    )
     use_peft: bool = field(default=False, metadata={"help": "Train the LLM through LoRA adapters (PEFT) instead of fully."})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5 LoRA: 128)."})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (LLaVA-1.5 LoRA: 256)."})

@@ -333,6 +333,7 @@ def train(
         processing_class=processor,
         peft_config=_lora_config(args) if args.use_peft else None,
         projector_learning_rate=args.projector_learning_rate,
+        vision_tower_learning_rate=args.vision_tower_learning_rate,
         group_by_modality_length=args.group_by_modality_length,
         sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
         callbacks=callbacks,

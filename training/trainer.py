@@ -16,6 +16,7 @@ from trl import SFTTrainer
 
 
 PROJECTOR_MARKER = "multi_modal_projector"
+VISION_TOWER_MARKER = "vision_tower"
 _USED_VISION_PARAMETER = re.compile(r"^(?:vision_model\.)?(?:embeddings|pre_layrnorm)\.")
 _VISION_LAYER = re.compile(r"^(?:vision_model\.)?encoder\.layers\.(\d+)\.")
 
@@ -75,10 +76,12 @@ def configure_trainable_parameters(
 
 
 class LlavaSFTTrainer(SFTTrainer):
-    """`SFTTrainer` with a projector learning rate and modality-grouped batches.
+    """`SFTTrainer` with projector / vision-tower learning rates and modality-grouped batches.
 
     Args:
         projector_learning_rate: learning rate of the projector's parameters (default: `args.learning_rate`).
+        vision_tower_learning_rate: learning rate of the vision tower's parameters when it trains (default:
+            `args.learning_rate`; LLaVA-OneVision's `mm_vision_tower_lr`).
         group_by_modality_length: batch image and text-only samples separately, similar lengths together
             (see `training.sampler.ModalityLengthGroupedSampler`).
         sample_lengths: token length of each training sample, negative for text-only samples; needed by
@@ -92,12 +95,14 @@ class LlavaSFTTrainer(SFTTrainer):
         self,
         *args,
         projector_learning_rate: float | None = None,
+        vision_tower_learning_rate: float | None = None,
         group_by_modality_length: bool = False,
         sample_lengths: list[int] | None = None,
         supervised_logits_loss: bool | None = None,
         **kwargs,
     ):
         self.projector_learning_rate = projector_learning_rate
+        self.vision_tower_learning_rate = vision_tower_learning_rate
         self.supervised_logits_loss = supervised_logits_loss
         self.group_by_modality_length = group_by_modality_length
         self.sample_lengths = sample_lengths
@@ -153,23 +158,29 @@ class LlavaSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        if self.projector_learning_rate is None or self.optimizer is not None:
+        # Trainer has one learning rate; the projector (and a trained vision tower) get their own groups here.
+        own_rates = {PROJECTOR_MARKER: self.projector_learning_rate, VISION_TOWER_MARKER: self.vision_tower_learning_rate}
+        own_rates = {marker: rate for marker, rate in own_rates.items() if rate is not None}
+        if not own_rates or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay_parameters = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, parameter in opt_model.named_parameters():
             if parameter.requires_grad:
-                groups.setdefault((PROJECTOR_MARKER in name, name in decay_parameters), []).append(parameter)
-        if not any(is_projector for is_projector, _ in groups):
-            raise ValueError("projector_learning_rate is set but no trainable projector parameter was found.")
+                part = next((marker for marker in own_rates if marker in name), "")
+                groups.setdefault((part, name in decay_parameters), []).append(parameter)
+        for marker in own_rates:
+            if not any(part == marker for part, _ in groups):
+                option = "projector_learning_rate" if marker == PROJECTOR_MARKER else "vision_tower_learning_rate"
+                raise ValueError(f"{option} is set but no trainable {marker} parameter was found.")
         parameter_groups = [
             {
                 "params": parameters,
                 "weight_decay": self.args.weight_decay if decay else 0.0,
-                **({"lr": self.projector_learning_rate} if is_projector else {}),
+                **({"lr": own_rates[part]} if part else {}),
             }
-            for (is_projector, decay), parameters in sorted(groups.items())
+            for (part, decay), parameters in sorted(groups.items())
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
