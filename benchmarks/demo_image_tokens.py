@@ -7,6 +7,11 @@ learning experiments", third round). A research script, not product code.
     python benchmarks/demo_image_tokens.py tokens /tmp/demoA/stage1 /tmp/demoA/data
     # how word-like a linear map can make a random tower's features (ridge onto emb(colour) + emb(shape))
     python benchmarks/demo_image_tokens.py ridge --width 256 1024
+    # fourth round: score with the question before the image instead of after it
+    python benchmarks/demo_image_tokens.py question-first /tmp/demoA/stage2 /tmp/demoA/data
+    # fourth round: edit a copy of a stage-1 model's linear projector in place before stage 2 (copy the run first)
+    python benchmarks/demo_image_tokens.py edit-projector /tmp/copy/stage1 /tmp/copy/data --norm 6
+    python benchmarks/demo_image_tokens.py edit-projector /tmp/copy/stage1 /tmp/copy/data --recenter
 """
 
 from __future__ import annotations
@@ -36,22 +41,47 @@ def rescore(data_root: Path, model_dirs: list[Path]) -> None:
         print(model_dir, {kind: f"{value:.1%}" for kind, value in result["accuracy"].items()}, flush=True)
 
 
+def question_first(model_dir: Path, data_root: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from datagen.template_teacher import ANSWER_VOCABULARIES
+    from evaluation.exact_match import accuracy_by_type, answer_questions, read_questions
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    image_first = processor.apply_chat_template
+
+    def text_then_image(messages, **kwargs):
+        return image_first([{**m, "content": m["content"][::-1]} for m in messages], **kwargs)
+
+    processor.apply_chat_template = text_then_image
+    predictions = answer_questions(model, processor, read_questions(data_root / "eval_questions.jsonl"), data_root,
+                                   ANSWER_VOCABULARIES)
+    print(model_dir, "question first:", {kind: f"{value:.1%}" for kind, value in accuracy_by_type(predictions).items()})
+
+
 def word_id(tokenizer, word: str) -> int:
     return tokenizer(" " + word, add_special_tokens=False).input_ids[0]
 
 
-def tokens(model_dir: Path, data_root: Path, scenes: int = 30) -> None:
+def projected_tokens(model_dir: Path, data_root: Path, split: str, scenes: int):
+    """The model, its processor, the first `scenes` scenes of `data_root/split` and their projected image tokens."""
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    embeddings = model.get_input_embeddings().weight.detach().float()
-    unit = embeddings / embeddings.norm(dim=1, keepdim=True)
-    held_out = read_scenes(data_root / "eval")[:scenes]
-    images = [Image.open(data_root / "eval" / "images" / f"{scene.id}.png").convert("RGB") for scene in held_out]
+    drawn = read_scenes(data_root / split)[:scenes]
+    images = [Image.open(data_root / split / "images" / f"{scene.id}.png").convert("RGB") for scene in drawn]
     with torch.no_grad():
         projected = model.get_image_features(processor.image_processor(images, return_tensors="pt").pixel_values).float()
+    return model, processor, drawn, projected
+
+
+def tokens(model_dir: Path, data_root: Path, scenes: int = 30) -> None:
+    model, processor, held_out, projected = projected_tokens(model_dir, data_root, "eval", scenes)
+    embeddings = model.get_input_embeddings().weight.detach().float()
+    unit = embeddings / embeddings.norm(dim=1, keepdim=True)
     colour_ids = [word_id(processor.tokenizer, c) for c in COLORS]
     shape_ids = [word_id(processor.tokenizer, s) for s in SHAPES]
     colour_hits = shape_hits = total = 0
@@ -68,6 +98,30 @@ def tokens(model_dir: Path, data_root: Path, scenes: int = 30) -> None:
     print(f"{model_dir}: image token norm {projected.norm(dim=-1).mean():.1f}, word embedding norm "
           f"{embeddings.norm(dim=1).mean():.1f}; nearest colour word right for {colour_hits / total:.0%} of objects, "
           f"nearest shape word {shape_hits / total:.0%}")
+    shared = projected.mean((0, 1))
+    print(f"  shared part (mean over images and cells) norm {shared.norm():.1f}, content (token minus shared) norm "
+          f"{(projected - shared).norm(dim=-1).mean():.1f}")
+
+
+def edit_projector(model_dir: Path, data_root: Path, norm: float | None, recenter: bool, scenes: int = 200) -> None:
+    """Rewrite a saved model's linear projector (model.safetensors and mm_projector.safetensors, in place):
+    `norm` scales it so its image tokens' mean norm on training images is `norm`; `recenter` moves the tokens'
+    shared part (their mean) to the mean word embedding and keeps the content (token minus mean) as it is."""
+    from safetensors.torch import load_file, save_file
+
+    model, _, _, projected = projected_tokens(model_dir, data_root, "train", scenes)
+    shared = projected.mean((0, 1))
+    word_mean = model.get_input_embeddings().weight.detach().float().mean(0)
+    scale = norm / projected.norm(dim=-1).mean().item() if norm else 1.0
+    for file, prefix in (("model.safetensors", "model.multi_modal_projector.linear_1."), ("mm_projector.safetensors", "model.mm_projector.")):
+        state = load_file(model_dir / file)
+        weight, bias = state[prefix + "weight"], state[prefix + "bias"]
+        state[prefix + "weight"] = (weight.float() * scale).to(weight.dtype)
+        new_bias = word_mean + (bias.float() - shared) if recenter else bias.float() * scale
+        state[prefix + "bias"] = new_bias.to(bias.dtype)
+        save_file(state, model_dir / file, metadata={"format": "pt"})
+    print(f"{model_dir}: image token norm {projected.norm(dim=-1).mean():.1f} (shared part {shared.norm():.1f}) -> "
+          + (f"shared part at the mean word embedding ({word_mean.norm():.1f})" if recenter else f"x{scale:.4f}"))
 
 
 def ridge(widths: list[int], scenes: int = 3000, image_size: int = 48, patch_size: int = 16) -> None:
@@ -116,6 +170,15 @@ def main() -> None:
     command = commands.add_parser("tokens")
     command.add_argument("model_dir", type=Path)
     command.add_argument("data_root", type=Path)
+    command = commands.add_parser("question-first")
+    command.add_argument("model_dir", type=Path)
+    command.add_argument("data_root", type=Path)
+    command = commands.add_parser("edit-projector")
+    command.add_argument("model_dir", type=Path)
+    command.add_argument("data_root", type=Path)
+    edit = command.add_mutually_exclusive_group(required=True)
+    edit.add_argument("--norm", type=float)
+    edit.add_argument("--recenter", action="store_true")
     command = commands.add_parser("ridge")
     command.add_argument("--width", type=int, nargs="+", default=[256])
     args = parser.parse_args()
@@ -124,6 +187,10 @@ def main() -> None:
         rescore(args.data_root, args.model_dirs)
     elif args.command == "tokens":
         tokens(args.model_dir, args.data_root)
+    elif args.command == "question-first":
+        question_first(args.model_dir, args.data_root)
+    elif args.command == "edit-projector":
+        edit_projector(args.model_dir, args.data_root, args.norm, args.recenter)
     else:
         ridge(args.width)
 
