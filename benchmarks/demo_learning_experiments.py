@@ -12,7 +12,9 @@ ORACLE=1, PROJ=linear): a projector set by hand so each cell's token is emb(colo
 caption in the prompt instead of the image; with IDEAL=1, SCALE=s multiplies the hand-set tokens by s (their norm)
 and TOK=2 gives each cell two tokens (colour, then shape) instead of one; STATINIT=s: last projector bias = mean word embedding, weights x s;
 TRAIN_TOWER / T2: train the tower in stage 1 / stage 2 (LRT); DENSE=1: every question of a scene in one
-multi-turn sample; AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012).
+multi-turn sample, DENSE=2: 2-4 of them (like the demo's conversations), DENSE=0: one; PROJ=mix: each image token is
+the sum of HEADS softmax mixtures over the LLM's word embeddings (prints each cell's top word after stage 1);
+AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012).
 Projector starts tried for stage 1: STDINIT=g (weights scaled per input feature by 1/std, bias = mean word embedding
 minus the mean feature's image), REPARAM=1 (a fixed standardisation in front of the projector), WARM=ridge (closed-form
 regression of each image's mean token onto its caption's mean word embedding). Prints the running loss, after stage
@@ -37,7 +39,19 @@ SMOL = smollm2_checkpoint(); tok = AutoTokenizer.from_pretrained(SMOL); lm = Aut
 img_id = add_image_token(tok); lm.resize_token_embeddings(len(tok), mean_resizing=False)
 torch.manual_seed(0)
 vc = CLIPVisionConfig(hidden_size=HID, intermediate_size=HID*4, num_hidden_layers=LAYERS, num_attention_heads=4, image_size=IMG, patch_size=PATCH)
-model = assemble_llava(CLIPVisionModel(vc), lm, img_id, projector_type=PROJ, vision_feature_layer=FL)
+model = assemble_llava(CLIPVisionModel(vc), lm, img_id, projector_type=("linear" if PROJ=="mix" else PROJ), vision_feature_layer=FL)
+class Mix(torch.nn.Module):
+    """token = sum over heads of softmax(W_h f + b_h) @ E: each image token is a mixture of word embeddings."""
+    def __init__(self, d, emb, heads):
+        super().__init__(); self.emb=emb; self.heads=heads; V=emb.weight.shape[0]
+        self.logits=torch.nn.Linear(d, heads*V); torch.nn.init.zeros_(self.logits.weight); torch.nn.init.zeros_(self.logits.bias)
+        self.T=E("MIXT",1.0)
+    def forward(self, x):
+        z=self.logits(x); z=z.view(*z.shape[:-1], self.heads, -1)
+        p=torch.softmax(z.float()/self.T, -1).to(self.emb.weight.dtype)
+        return (p @ self.emb.weight).sum(-2)
+if PROJ=="mix":
+    model.model.multi_modal_projector = Mix(HID, model.get_input_embeddings(), E("HEADS",3))
 TOK=E('TOK',1); N = model.config.image_seq_length*TOK
 mean=np.array([0.48145466,0.4578275,0.40821073]); std=np.array([0.26862954,0.26130258,0.27577711])
 def pix(im): return torch.tensor(((np.asarray(im,dtype=np.float32)/255-mean)/std).transpose(2,0,1),dtype=torch.float32)
@@ -79,6 +93,7 @@ def batch(kind):
         else:
             q = qa(sc); rng.shuffle(q); CAP[0]=captions(sc, rng, 5)[0]
             if not DENSE: q = q[:1]
+            elif DENSE==2: q = q[:rng.randint(2,4)]
             i, l = encode([(x[1], x[2].capitalize()+".") for x in q])
         I.append(i); L.append(l); P.append(feats(sc,im))
     M=max(map(len,I)); pad=tok.pad_token_id or 0
@@ -189,6 +204,12 @@ if S1:
     if TRAIN_TOWER:
         for p in tower: p.requires_grad=True
     train(1, S1, [{"params": proj, "lr": LR1}] + ([{"params": tower, "lr": E("LRT",1e-3)}] if TRAIN_TOWER else []))
+    if PROJ=="mix":
+        with torch.no_grad():
+            sc,p=capset[0]; f=model.model.vision_tower(pixel_values=p[None], output_hidden_states=True).hidden_states[FL][:,1:] if not ORACLE else p[None]
+            z=model.model.multi_modal_projector.logits(f).view(1,N,E("HEADS",3),-1)
+            print("scene", [o.name+" "+o.position for o in sc.objects])
+            for k in range(N): print(k, [tok.decode([int(j)]) for j in z[0,k].argmax(-1)], [round(float(v),2) for v in torch.softmax(z[0,k],-1).max(-1).values])
     print("after s1", caption_eval(), evaluate() if S2 else "", round(time.time()-t0,1), flush=True)
 if not S2: sys.exit(0)
 for p in llm: p.requires_grad=True
