@@ -176,15 +176,18 @@ def test_stage2_from_the_projector_artifact(workdir, stage1):
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 
 
+class OptimizerGroupsSpy(TrainerCallback):
+    """Records (learning rate, number of parameters) of each optimizer group in `seen["groups"]`."""
+
+    def __init__(self, seen: dict):
+        self.seen = seen
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.seen["groups"] = [(group["lr"], len(group["params"])) for group in optimizer.param_groups]
+
+
 def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
-    from transformers import TrainerCallback
-
     seen = {}
-
-    class Spy(TrainerCallback):
-        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-            seen["groups"] = [(group["lr"], len(group["params"])) for group in optimizer.param_groups]
-
     model = tiny_llava_model()
     output = run(
         config(
@@ -197,7 +200,7 @@ def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
             learning_rate=1e-3,
             projector_learning_rate=5e-3,
         ),
-        callbacks=[Spy()],
+        callbacks=[OptimizerGroupsSpy(seen)],
     )
     projector_params = len(list(model.model.multi_modal_projector.parameters()))
     rates = {lr for lr, _ in seen["groups"]}
@@ -207,14 +210,7 @@ def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
 
 
 def test_vision_tower_learning_rate_gets_its_own_optimizer_group(workdir):
-    from transformers import TrainerCallback
-
     seen = {}
-
-    class Spy(TrainerCallback):
-        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-            seen["groups"] = [(group["lr"], len(group["params"])) for group in optimizer.param_groups]
-
     arguments = dict(
         model_name_or_path=workdir / "base",
         data_path=workdir / "chats.json",
@@ -225,7 +221,7 @@ def test_vision_tower_learning_rate_gets_its_own_optimizer_group(workdir):
         vision_tower_learning_rate=2e-4,
     )
     run(config("tiny_stage2.yaml", output_dir=workdir / "stage2_tower_lr", freeze_vision_tower=False, **arguments),
-        callbacks=[Spy()])
+        callbacks=[OptimizerGroupsSpy(seen)])
     tower = tiny_llava_model().model.vision_tower
     rates = {lr for lr, _ in seen["groups"]}
     assert rates == {1e-3, 5e-3, 2e-4}

@@ -159,8 +159,9 @@ class LlavaSFTTrainer(SFTTrainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         # Trainer has one learning rate; the projector (and a trained vision tower) get their own groups here.
-        own_rates = {PROJECTOR_MARKER: self.projector_learning_rate, VISION_TOWER_MARKER: self.vision_tower_learning_rate}
-        own_rates = {marker: rate for marker, rate in own_rates.items() if rate is not None}
+        options = {"projector_learning_rate": (PROJECTOR_MARKER, self.projector_learning_rate),
+                   "vision_tower_learning_rate": (VISION_TOWER_MARKER, self.vision_tower_learning_rate)}
+        own_rates = {marker: rate for marker, rate in options.values() if rate is not None}
         if not own_rates or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
@@ -170,9 +171,8 @@ class LlavaSFTTrainer(SFTTrainer):
             if parameter.requires_grad:
                 part = next((marker for marker in own_rates if marker in name), "")
                 groups.setdefault((part, name in decay_parameters), []).append(parameter)
-        for marker in own_rates:
-            if not any(part == marker for part, _ in groups):
-                option = "projector_learning_rate" if marker == PROJECTOR_MARKER else "vision_tower_learning_rate"
+        for option, (marker, rate) in options.items():
+            if rate is not None and not any(part == marker for part, _ in groups):
                 raise ValueError(f"{option} is set but no trainable {marker} parameter was found.")
         parameter_groups = [
             {
