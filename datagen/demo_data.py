@@ -65,12 +65,14 @@ def build_demo_data(
     stage2_samples_per_scene: int = 2,
     proportions: dict[str, float] | None = None,
     stage2_scenes: int | None = None,
+    stage1_scenes: int | None = None,
     rows: tuple[int, ...] = ROWS,
 ) -> DemoData:
     """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
 
-    Stage 1 gets one caption per training scene; stage 2 draws its samples from the first `stage2_scenes`
-    training scenes (default: all), as the paper's stage-2 images are a subset of its stage-1 images.
+    Stage 1 gets one caption per scene of the first `stage1_scenes` training scenes and stage 2 draws its samples
+    from the first `stage2_scenes` (both default: all), as the paper's stage-2 images are a subset of its stage-1
+    images; every training scene keeps its five COCO captions (`train/captions.json`).
     """
     root = Path(root)
     data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
@@ -80,7 +82,8 @@ def build_demo_data(
     train = write_scenes(root / "train", train_scenes, seed=seed, image_size=image_size, prefix="train", rows=rows)
     held_out = write_scenes(root / "eval", eval_scenes, seed=seed + 1, image_size=image_size, prefix="eval", rows=rows)
 
-    pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in train]
+    stage1_source = train[:stage1_scenes] if stage1_scenes is not None else train
+    pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in stage1_source]
     _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))
     teacher = TemplateTeacher(list(detail_instructions()))
     proportions = proportions or {"conversation": 0.6, "detail": 0.15, "complex": 0.25}

@@ -33,9 +33,9 @@ from llava_cli.demo_tower import TowerPretraining
 # separable and hand-set word-like tokens are read at 85-97% after 100 stage-2 steps, but the learned tokens are
 # ~25x longer than word embeddings and not word-like.
 PRESETS = {
-    "quick": dict(train_scenes=96, eval_scenes=10, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
-    "default": dict(train_scenes=1600, eval_scenes=40, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
-    "full": dict(train_scenes=4800, eval_scenes=150, stage1_epochs=1, stage2_fraction=1.0, stage2_epochs=1),
+    "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
+    "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.5, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
+    "full": dict(train_scenes=4800, eval_scenes=150, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=1.0, stage2_epochs=1),
 }
 # Mostly short-answer conversations (cheap, dense supervision), with the paper's other two types kept in the mix.
 STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
@@ -127,7 +127,7 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     losses = pretrain_tower(
         out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
-        seed, callbacks=[ProgressCallback("vision tower", log)],
+        seed, callbacks=[ProgressCallback("vision tower", log)], precision=mixed_precision_overrides(),
     )
     log(f"vision tower: contrastive loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     return out, losses
@@ -265,6 +265,7 @@ def main(argv: list[str]) -> int:
     data = build_demo_data(
         out / "data", preset["train_scenes"], preset["eval_scenes"], seed=args.seed, image_size=IMAGE_SIZE,
         stage2_samples_per_scene=1, proportions=STAGE2_PROPORTIONS,
+        stage1_scenes=round(preset["train_scenes"] * preset["stage1_fraction"]),
         stage2_scenes=round(preset["train_scenes"] * preset["stage2_fraction"]), rows=SCENE_ROWS,
     )
     log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive), then frozen")

@@ -41,7 +41,7 @@ class TowerPretraining:
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 20
-    text_hidden_size: int = 256
+    text_hidden_size: int = 128
     text_layers: int = 2
     max_caption_tokens: int = 64
 

@@ -97,6 +97,17 @@ def test_build_demo_data_writes_llava_json_and_is_reused(tmp_path):
     assert data.stage2.stat().st_mtime_ns == before
 
 
+def test_stage_subsets_take_the_first_training_scenes(tmp_path):
+    data = build_demo_data(tmp_path, train_scenes=12, eval_scenes=2, seed=0, image_size=48, stage2_samples_per_scene=1,
+                           stage1_scenes=6, stage2_scenes=9)
+    stage1 = json.loads(data.stage1.read_text())
+    stage2 = json.loads(data.stage2.read_text())
+    assert sorted(record["image"] for record in stage1) == [f"train/images/train-{i:05d}.png" for i in range(6)]
+    assert sorted(record["image"] for record in stage2) == [f"train/images/train-{i:05d}.png" for i in range(9)]
+    coco = json.loads((tmp_path / "train" / "captions.json").read_text())
+    assert len(coco["images"]) == 12  # every training scene keeps its captions (the tower's pretraining set)
+
+
 def test_answer_extraction_and_accuracy():
     colors = ANSWER_VOCABULARIES["color"]
     assert extract_answer("Red.", colors) == "red"
