@@ -27,11 +27,10 @@ from transformers import TrainerCallback
 
 from llava_cli.demo_tower import TowerPretraining
 
-# Stage 1 sees one caption per training scene (batch 8: train_scenes / 8 steps); stage 2 one teacher sample per
-# scene for the first `stage2_fraction` of them (default: 200 + 150 steps, ~115 s + ~315 s here). The experiments in
-# docs/benchmarks.md locate the bottleneck in the image tokens stage 1 learns: the tower's features are linearly
-# separable and hand-set word-like tokens are read at 85-97% after 100 stage-2 steps, but the learned tokens are
-# ~25x longer than word embeddings and not word-like.
+# Stage 1 sees one caption per scene of the first `stage1_fraction` of the training scenes (batch 8), stage 2 one
+# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~90 s + ~440 s on the 2-core
+# machine of docs/benchmarks.md, "Fifth round", where halving stage 1 cost no clear accuracy). The tower's CLIP
+# pretraining sees every training scene's captions.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
     "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.5, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),

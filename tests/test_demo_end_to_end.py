@@ -1,4 +1,5 @@
-"""`llava demo` end to end (slow: the real SmolLM2-135M trains for 200 + 150 steps, ~8-15 min on 2 cores).
+"""`llava demo` end to end (slow: a small CLIP tower pretrains, then the real SmolLM2-135M trains for 100 + 150 steps,
+~10-15 min on 2 cores).
 
 It runs the default preset, checks every deliverable, and asserts what the demo is for: the model learns to see
 — held-out accuracy after stage 2 is clearly above chance on colour and shape questions, while before training it
