@@ -14,7 +14,9 @@ and TOK=2 gives each cell two tokens (colour, then shape) instead of one; STATIN
 TRAIN_TOWER / T2: train the tower in stage 1 / stage 2 (LRT); DENSE=1: every question of a scene in one
 multi-turn sample, DENSE=2: 2-4 of them (like the demo's conversations), DENSE=0: one; PROJ=mix: each image token is
 the sum of HEADS softmax mixtures over the LLM's word embeddings (prints each cell's top word after stage 1);
-AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012).
+AC=1: bf16 autocast; ROWS=1: objects only in the middle row (the demo's scenes; default 012); TOWER_DIR=path: a saved
+CLIPVisionModel instead of a random tower (e.g. a demo run's `vision-tower`); EVALAT=150,200: also evaluate after
+those stage-2 steps.
 Projector starts tried for stage 1: STDINIT=g (weights scaled per input feature by 1/std, bias = mean word embedding
 minus the mean feature's image), REPARAM=1 (a fixed standardisation in front of the projector), WARM=ridge (closed-form
 regression of each image's mean token onto its caption's mean word embedding). Prints the running loss, after stage
