@@ -16,7 +16,7 @@ def pix(im): return torch.tensor(((np.asarray(im,dtype=np.float32)/255-mean)/std
 CN=list(COLORS); prng=random.Random(5); F=[];Cs=[];Ss=[]
 with torch.no_grad():
     for _ in range(16):
-        scs=[random_scene("p",prng,48,(1,)) for _ in range(128)]
+        scs=[random_scene("p",prng,m.config.image_size,(1,)) for _ in range(128)]
         P=torch.stack([pix(im) for _,im in scs])
         h=m(pixel_values=P, output_hidden_states=True).hidden_states[-2][:,1:].reshape(-1,3,3,m.config.hidden_size)[:,1].reshape(-1,m.config.hidden_size)
         F.append(h)

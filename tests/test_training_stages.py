@@ -336,3 +336,30 @@ def test_bad_data_is_skipped_with_a_report_when_asked(workdir):
     report = json.loads((workdir / "bad_skip" / SKIPPED_FILE).read_text())
     assert {entry["sample_id"] for entry in report} == {"missing-image", "too-long", "no-answer"}
     assert {sample.sample_id for sample in output.skipped} == {"missing-image", "too-long", "no-answer"}
+
+
+class AttentionSpy(TrainerCallback):
+    def __init__(self, seen: dict):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.seen["language"] = model.model.language_model.config._attn_implementation
+        self.seen["vision"] = model.model.vision_tower.config._attn_implementation
+
+
+def test_attn_implementation_reaches_every_sub_model_and_is_not_saved(workdir):
+    seen = {}
+    output = run(
+        config(
+            "tiny_stage2.yaml",
+            model_name_or_path=workdir / "base",
+            data_path=workdir / "chats.json",
+            image_root=workdir / "images",
+            output_dir=workdir / "stage2_eager",
+            max_steps=2,
+            attn_implementation="eager",
+        ),
+        callbacks=[AttentionSpy(seen)],
+    )
+    assert seen == {"language": "eager", "vision": "eager"}
+    assert "attn_implementation" not in Path(output.model_dir, "config.json").read_text()

@@ -112,9 +112,17 @@ def load_model_and_processor(args: LlavaTrainArguments):
         # The tokenizer's Auto class reads the folder's remote-code config.json; without trust_remote_code it would
         # stop and ask on the terminal. The folder's code is this project's own (copied there by save_pretrained).
         processor = LlavaProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-        return model, processor
-    if args.vision_tower is None or args.language_model is None:
+    elif args.vision_tower is None or args.language_model is None:
         raise ValueError("Set model_name_or_path, or both vision_tower and language_model to build a new model.")
+    else:
+        model, processor = _build_model(args, dtype)
+    if args.attn_implementation is not None:
+        # One kernel for every sub-model; not saved with the weights (the checkpoint keeps loading with its default).
+        model.set_attn_implementation(args.attn_implementation)
+    return model, processor
+
+
+def _build_model(args: LlavaTrainArguments, dtype):
     from modeling_llava.build import build_llava
 
     return build_llava(
