@@ -71,7 +71,7 @@ class LlavaTrainArguments:
         default=None,
         metadata={
             "help": "Attention kernel of the whole model (vision tower and LLM): sdpa, eager, flash_attention_2, ... "
-            "Default: the checkpoint's (sdpa). On CPU with short sequences eager is faster: ~15% per step of the "
+            "Default: the checkpoint's (sdpa). On CPU with short sequences eager is faster: ~15%% per step of the "
             "offline demo's stage 2 (SmolLM2-135M, ~100 tokens), where sdpa's CPU flash backward dominates."
         },
     )
