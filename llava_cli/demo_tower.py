@@ -1,4 +1,4 @@
-"""The demo's vision tower: a tiny CLIP, pretrained contrastively on the training scenes' COCO captions.
+"""The demo's vision tower: a tiny CLIP, pretrained on the training scenes' COCO captions and boxes.
 
 LLaVA starts from OpenAI's pretrained CLIP ViT-L/14 and keeps it frozen. No pretrained CLIP is reachable offline,
 and a random frozen tower's patch features are mostly nuisance (background colour, noise, size; docs/benchmarks.md
@@ -7,6 +7,12 @@ CLIP's authors did, at toy scale: it trains transformers' `CLIPModel` (this smal
 tower over SmolLM2's tokenizer) with CLIP's own symmetric contrastive loss (`return_loss=True`) on image-caption
 pairs — the training scenes and their five COCO captions each — then keeps the vision half, which LLaVA's stages
 use frozen as they use CLIP's. Stage 1 and 2 never see the text half.
+
+Captions alone teach the tower colours and positions but little shape: a batch's captions can mostly be told apart
+without it (shape probe 94% vs 92% for a random tower). So, as detector-style pretraining does, a second loss
+asks each patch feature — at the layer LLaVA reads — which object's box is centred in that patch (its category and
+colour attribute, from the COCO instances file), or none: shape probe 96.5%, and the demo's shape answers go from
+55% to 74% (docs/benchmarks.md, "Sixth round").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -45,6 +52,10 @@ class TowerPretraining:
     text_hidden_size: int = 128
     text_layers: int = 2
     max_caption_tokens: int = 64
+    # Weight of the per-patch recognition loss (`CLIPWithPatchLabels`) next to CLIP's; 0 trains CLIP's loss alone.
+    patch_loss_weight: float = 3.0
+    # The vision layer whose patch features that loss shapes: the one LLaVA reads (`vision_feature_layer`).
+    feature_layer: int = -2
 
 
 class CaptionPairCollator:
@@ -62,12 +73,85 @@ class CaptionPairCollator:
     def __call__(self, examples: list[dict]) -> dict:
         ids = [self.rng.choice(example["caption_ids"]) + [self.end_id] for example in examples]
         width = max(map(len, ids))
-        return {
+        batch = {
             "input_ids": torch.tensor([row + [self.end_id] * (width - len(row)) for row in ids]),
             "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids]),
             "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
             "return_loss": True,
         }
+        for key in PATCH_LABEL_KEYS:
+            if key in examples[0]:
+                batch[key] = torch.stack([example[key] for example in examples])
+        return batch
+
+
+PATCH_LABEL_KEYS = ("patch_categories", "patch_colors")
+
+
+class CLIPWithPatchLabels(CLIPModel):
+    """`CLIPModel` whose loss also asks every patch feature what is centred in it.
+
+    Two linear heads read the patch tokens of vision layer `feature_layer` and classify the object whose box centre
+    falls in the patch — its category and its colour, class 0 for none — with cross-entropy added to CLIP's
+    contrastive loss, times `patch_loss_weight`. Only the vision tower is kept, so the heads are thrown away with
+    the text tower.
+    """
+
+    def __init__(self, config: CLIPConfig, num_categories: int, num_colors: int, patch_loss_weight: float, feature_layer: int):
+        super().__init__(config)
+        hidden = config.vision_config.hidden_size
+        self.category_head = nn.Linear(hidden, num_categories + 1)
+        self.color_head = nn.Linear(hidden, num_colors + 1)
+        self.patch_loss_weight, self.feature_layer = patch_loss_weight, feature_layer
+
+    def forward(self, patch_categories: torch.Tensor, patch_colors: torch.Tensor, **clip_inputs):
+        outputs = super().forward(**clip_inputs, output_hidden_states=True)
+        patches = outputs.vision_model_output.hidden_states[self.feature_layer][:, 1:]  # CLS dropped, as LLaVA does
+        patch_loss = sum(
+            nn.functional.cross_entropy(head(patches).flatten(0, 1).float(), labels.flatten())
+            for head, labels in ((self.category_head, patch_categories), (self.color_head, patch_colors))
+        )
+        outputs.loss = outputs.loss + self.patch_loss_weight * patch_loss
+        return outputs
+
+
+@dataclass
+class PatchLabels:
+    """Per image (by file name), the class of each patch: category and colour ids, 0 where no box is centred."""
+
+    categories: dict[str, list[int]]
+    colors: dict[str, list[int]]
+    num_categories: int
+    num_colors: int
+
+
+def patch_labels(coco_dir: Path, grid: int) -> PatchLabels:
+    """Patch classes of a `grid` x `grid` patch layout from `coco_dir/instances.json` (boxes, `category_id`, and
+    the `color` attribute the demo's scenes carry)."""
+    source = coco_dir / "instances.json"
+    coco = json.loads(source.read_text())
+    category_ids = sorted(category["id"] for category in coco["categories"])
+    category_class = {category_id: index + 1 for index, category_id in enumerate(category_ids)}
+    colors = sorted({annotation.get("attributes", {}).get("color", "") for annotation in coco["annotations"]} - {""})
+    color_class = {color: index + 1 for index, color in enumerate(colors)}
+    images = {image["id"]: image for image in coco["images"]}
+    categories = {image["file_name"]: [0] * grid * grid for image in coco["images"]}
+    colored = {image["file_name"]: [0] * grid * grid for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        image = images[annotation["image_id"]]
+        color = annotation.get("attributes", {}).get("color")
+        if color is None:
+            raise ValueError(f"{source}: annotation {annotation['id']} of {image['file_name']} has no attributes.color")
+        x, y, width, height = annotation["bbox"]
+        column = min(int((x + width / 2) / image["width"] * grid), grid - 1)
+        row = min(int((y + height / 2) / image["height"] * grid), grid - 1)
+        patch = row * grid + column
+        if categories[image["file_name"]][patch]:
+            raise ValueError(f"{source}: two boxes of {image['file_name']} are centred in patch {patch} "
+                             f"(row {row}, column {column}); a patch can name one object")
+        categories[image["file_name"]][patch] = category_class[annotation["category_id"]]
+        colored[image["file_name"]][patch] = color_class[color]
+    return PatchLabels(categories, colored, len(category_ids), len(colors))
 
 
 def caption_pairs(coco_dir: Path) -> list[dict]:
@@ -76,7 +160,10 @@ def caption_pairs(coco_dir: Path) -> list[dict]:
     by_image: dict[int, list[str]] = {}
     for annotation in coco["annotations"]:
         by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
-    pairs = [{"image": str(coco_dir / image["file_name"]), "captions": by_image.get(image["id"], [])} for image in coco["images"]]
+    pairs = [
+        {"image": str(coco_dir / image["file_name"]), "file_name": image["file_name"], "captions": by_image.get(image["id"], [])}
+        for image in coco["images"]
+    ]
     missing = [pair["image"] for pair in pairs if not pair["captions"]]
     if missing:
         raise ValueError(f"{coco_dir / 'captions.json'}: {len(missing)} image(s) without a caption, e.g. {missing[0]}")
@@ -130,15 +217,27 @@ def pretrain_tower(
     callbacks: list[TrainerCallback] | None = None,
     precision: dict | None = None,
 ) -> list[float]:
-    """Pretrain a CLIP on `coco_dir`'s image-caption pairs and save its vision tower (with `image_processor`) to
-    `out`. Returns the training losses."""
-    pairs, vocab_size = encode_pairs(
-        caption_pairs(coco_dir), image_processor, tokenizer, settings.max_caption_tokens, coco_dir / "captions.json"
-    )
+    """Pretrain a CLIP on `coco_dir`'s image-caption pairs (plus, unless `settings.patch_loss_weight` is 0, its
+    boxes: `CLIPWithPatchLabels`) and save its vision tower (with `image_processor`) to `out`. Returns the
+    training losses."""
+    captioned = caption_pairs(coco_dir)
+    pairs, vocab_size = encode_pairs(captioned, image_processor, tokenizer, settings.max_caption_tokens, coco_dir / "captions.json")
     if not torch.cuda.is_available():
         keep_freed_memory()  # as `training.train` does for the LLaVA stages
     torch.manual_seed(seed)
-    model = CLIPModel(clip_config(tower, vocab_size, settings))
+    config = clip_config(tower, vocab_size, settings)
+    if settings.patch_loss_weight:
+        labels = patch_labels(coco_dir, grid=tower["image_size"] // tower["patch_size"])
+        for pair, example in zip(captioned, pairs):
+            if pair["file_name"] not in labels.categories:
+                raise ValueError(f"{coco_dir / 'instances.json'}: no image entry for {pair['file_name']}, which captions.json has")
+            example["patch_categories"] = torch.tensor(labels.categories[pair["file_name"]])
+            example["patch_colors"] = torch.tensor(labels.colors[pair["file_name"]])
+        model = CLIPWithPatchLabels(
+            config, labels.num_categories, labels.num_colors, settings.patch_loss_weight, settings.feature_layer
+        )
+    else:
+        model = CLIPModel(config)
     with atomic_output_dir(out) as staging:
         args = TrainingArguments(
             output_dir=str(staging / "trainer"), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,

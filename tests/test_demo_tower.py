@@ -1,15 +1,26 @@
-"""The demo's vision tower: a tiny CLIP pretrained contrastively on COCO captions, saved as a CLIP vision tower."""
+"""The demo's vision tower: a tiny CLIP pretrained on COCO captions (contrastive) and boxes (per-patch labels), saved
+as a CLIP vision tower."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPVisionModel
 
-from datagen.scenes import write_scenes
-from llava_cli.demo_tower import CaptionPairCollator, TowerPretraining, caption_pairs, clip_config, encode_pairs, pretrain_tower
+from datagen.scenes import COLORS, POSITIONS, SHAPES, write_scenes
+from llava_cli.demo_tower import (
+    CaptionPairCollator,
+    CLIPWithPatchLabels,
+    TowerPretraining,
+    caption_pairs,
+    clip_config,
+    encode_pairs,
+    patch_labels,
+    pretrain_tower,
+)
 from training_fixtures import tiny_tokenizer
 
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=48,
@@ -44,9 +55,11 @@ def test_captions_end_where_clips_text_tower_pools(tmp_path):
     assert torch.equal(out.pooler_output, out.last_hidden_state[rows, first_end])
 
 
-def test_pretraining_lowers_the_contrastive_loss_and_saves_a_clip_vision_tower(tmp_path):
+@pytest.mark.parametrize("patch_loss_weight", [0.0, 3.0])
+def test_pretraining_lowers_the_loss_and_saves_a_clip_vision_tower(tmp_path, patch_loss_weight):
     write_scenes(tmp_path / "train", 32, seed=0, image_size=48, rows=(1,))
-    losses = pretrain_tower(tmp_path / "tower", tmp_path / "train", TOWER, image_processor(), tiny_tokenizer(), SMALL, seed=0)
+    settings = dataclasses.replace(SMALL, patch_loss_weight=patch_loss_weight)
+    losses = pretrain_tower(tmp_path / "tower", tmp_path / "train", TOWER, image_processor(), tiny_tokenizer(), settings, seed=0)
     assert len(losses) == SMALL.steps
     start, end = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert start > 2.0 and end < 0.6 * start, losses  # ln(16) = 2.77 at chance
@@ -74,3 +87,48 @@ def test_a_caption_longer_than_the_text_tower_is_refused_before_training(tmp_pat
     with pytest.raises(ValueError, match=r"captions.json: a caption of .*scene-00000.png has \d+ tokens .*max_caption_tokens=8"):
         pretrain_tower(tmp_path / "tower", tmp_path, TOWER, image_processor(), tiny_tokenizer(), short, seed=0)
     assert not (tmp_path / "tower").exists()
+
+
+def test_patch_labels_name_the_object_centred_in_each_patch(tmp_path):
+    scenes = write_scenes(tmp_path, 6, seed=1, image_size=48)
+    labels = patch_labels(tmp_path, grid=3)
+    assert (labels.num_categories, labels.num_colors) == (len(SHAPES), len(set(COLORS) & {o.color for s in scenes for o in s.objects}))
+    colors = sorted({o.color for s in scenes for o in s.objects})
+    for scene in scenes:
+        expected_categories, expected_colors = [0] * 9, [0] * 9
+        for obj in scene.objects:
+            x1, y1, x2, y2 = obj.bbox
+            patch = int((y1 + y2) / 2 * 3) * 3 + POSITIONS.index(obj.position)
+            expected_categories[patch] = 1 + SHAPES.index(obj.shape)
+            expected_colors[patch] = 1 + colors.index(obj.color)
+        assert labels.categories[f"images/{scene.id}.png"] == expected_categories
+        assert labels.colors[f"images/{scene.id}.png"] == expected_colors
+
+
+def test_patch_loss_is_clips_loss_plus_the_weighted_cross_entropy_of_both_heads():
+    torch.manual_seed(0)
+    model = CLIPWithPatchLabels(clip_config(TOWER, 10, SMALL), num_categories=3, num_colors=6, patch_loss_weight=3.0,
+                                feature_layer=-1).eval()
+    batch = {"input_ids": torch.randint(0, 10, (4, 7)), "pixel_values": torch.randn(4, 3, 48, 48), "return_loss": True}
+    categories, colors = torch.randint(0, 4, (4, 9)), torch.randint(0, 7, (4, 9))
+    with torch.no_grad():
+        total = model(patch_categories=categories, patch_colors=colors, **batch).loss
+        clip = super(CLIPWithPatchLabels, model).forward(**batch).loss
+        patches = model.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state[:, 1:]
+    ce = torch.nn.functional.cross_entropy
+    expected = clip + 3.0 * (ce(model.category_head(patches).flatten(0, 1), categories.flatten())
+                             + ce(model.color_head(patches).flatten(0, 1), colors.flatten()))
+    assert torch.allclose(total, expected, atol=1e-5)
+
+
+def test_boxes_the_patch_loss_cannot_use_are_named(tmp_path):
+    write_scenes(tmp_path, 2, seed=0, image_size=48)
+    instances = json.loads((tmp_path / "instances.json").read_text())
+    instances["annotations"].append(dict(instances["annotations"][0], id=99))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    with pytest.raises(ValueError, match=r"instances.json: two boxes of images/scene-00000.png are centred in patch \d"):
+        patch_labels(tmp_path, grid=3)
+    del instances["annotations"][-1]["attributes"]
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    with pytest.raises(ValueError, match=r"instances.json: annotation 99 of images/scene-00000.png has no attributes.color"):
+        patch_labels(tmp_path, grid=3)
