@@ -12,7 +12,7 @@ Captions alone teach the tower colours and positions but little shape: a batch's
 without it (shape probe 94% vs 92% for a random tower). So, as detector-style pretraining does, a second loss
 asks each patch feature — at the layer LLaVA reads — which object's box is centred in that patch (its category and
 colour attribute, from the COCO instances file), or none: shape probe 96.5%, and the demo's shape answers go from
-55% to 74% (docs/benchmarks.md, "Sixth round").
+55% to 75% (docs/benchmarks.md, "Sixth round").
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from training.cpu_memory import keep_freed_memory
 
 @dataclass(frozen=True)
 class TowerPretraining:
-    """Contrastive pretraining of the demo's tower: steps, batch (in-batch negatives), optimiser and text tower."""
+    """Pretraining of the demo's tower: steps, batch (in-batch negatives), optimiser, text tower, patch-label loss."""
 
     steps: int = 200
     batch_size: int = 128
