@@ -58,6 +58,9 @@ class TowerPretraining:
     feature_layer: int = -2
 
 
+# The per-patch label tensors an example may carry (see `CLIPWithPatchLabels`), batched by the collator.
+PATCH_LABEL_KEYS = ("patch_categories", "patch_colors")
+
 class CaptionPairCollator:
     """Images with one of their captions, drawn afresh each time an image is seen (seeded), as CLIP samples one
     caption per image per step.
@@ -84,8 +87,6 @@ class CaptionPairCollator:
                 batch[key] = torch.stack([example[key] for example in examples])
         return batch
 
-
-PATCH_LABEL_KEYS = ("patch_categories", "patch_colors")
 
 
 class CLIPWithPatchLabels(CLIPModel):

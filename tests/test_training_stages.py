@@ -26,6 +26,18 @@ def config(name: str, **overrides) -> dict:
     return values
 
 
+def chats_config(workdir: Path, output: str, **overrides) -> dict:
+    """`tiny_stage2.yaml` from the tiny base model on the chat samples, into `workdir / output`."""
+    return config(
+        "tiny_stage2.yaml",
+        model_name_or_path=workdir / "base",
+        data_path=workdir / "chats.json",
+        image_root=workdir / "images",
+        output_dir=workdir / output,
+        **overrides,
+    )
+
+
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
@@ -190,16 +202,7 @@ def test_projector_learning_rate_gets_its_own_optimizer_group(workdir):
     seen = {}
     model = tiny_llava_model()
     output = run(
-        config(
-            "tiny_stage2.yaml",
-            model_name_or_path=workdir / "base",
-            data_path=workdir / "chats.json",
-            image_root=workdir / "images",
-            output_dir=workdir / "stage2_lr",
-            max_steps=1,
-            learning_rate=1e-3,
-            projector_learning_rate=5e-3,
-        ),
+        chats_config(workdir, "stage2_lr", max_steps=1, learning_rate=1e-3, projector_learning_rate=5e-3),
         callbacks=[OptimizerGroupsSpy(seen)],
     )
     projector_params = len(list(model.model.multi_modal_projector.parameters()))
@@ -237,17 +240,7 @@ def test_lora_stage2_trains_adapters_and_projector_and_merges(workdir):
 
     before = state(tiny_llava_model())
     output = run(
-        config(
-            "tiny_stage2.yaml",
-            model_name_or_path=workdir / "base",
-            data_path=workdir / "chats.json",
-            image_root=workdir / "images",
-            output_dir=workdir / "stage2_lora",
-            use_peft=True,
-            lora_r=4,
-            lora_alpha=8,
-            max_steps=4,
-        )
+        chats_config(workdir, "stage2_lora", use_peft=True, lora_r=4, lora_alpha=8, max_steps=4)
     )
     assert (output.output_dir / "adapter_model.safetensors").is_file()
     merged = output.merged_dir
@@ -350,15 +343,7 @@ class AttentionSpy(TrainerCallback):
 def test_attn_implementation_reaches_every_sub_model_and_is_not_saved(workdir):
     seen = {}
     output = run(
-        config(
-            "tiny_stage2.yaml",
-            model_name_or_path=workdir / "base",
-            data_path=workdir / "chats.json",
-            image_root=workdir / "images",
-            output_dir=workdir / "stage2_eager",
-            max_steps=2,
-            attn_implementation="eager",
-        ),
+        chats_config(workdir, "stage2_eager", max_steps=2, attn_implementation="eager"),
         callbacks=[AttentionSpy(seen)],
     )
     assert seen == {"language": "eager", "vision": "eager"}
