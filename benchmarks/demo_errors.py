@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from datagen.scenes import read_scenes
+from datagen.scenes import WHERE, read_scenes
 from datagen.template_teacher import ANSWER_VOCABULARIES
 from evaluation.exact_match import answer_questions, read_questions
 
-POSITION = re.compile(r"is (?:on the|in the) (left|middle|right)\?")
+
+def asked_position(question: str) -> str:
+    """The position a shape question names, in the scene generator's own wording (`WHERE`)."""
+    return next(position for position, phrase in WHERE.items() if f" {phrase}?" in question)
 
 
 def main() -> None:
@@ -48,12 +50,11 @@ def main() -> None:
         if prediction.type == "count" or len(scene.objects) < 2:
             continue
         if prediction.type == "shape":
-            where = by_position[POSITION.search(prediction.question).group(1)]
+            where = by_position[asked_position(prediction.question)]
             where[0] += prediction.correct
             where[1] += 1
         if not prediction.correct:
-            attribute = "color" if prediction.type == "color" else "shape"
-            in_scene = {getattr(obj, attribute) for obj in scene.objects}
+            in_scene = {getattr(obj, prediction.type) for obj in scene.objects}  # the type names the attribute
             binding[(prediction.type, "another object's" if prediction.extracted in in_scene else "not in the scene")] += 1
             confusions[(prediction.type, prediction.answer, prediction.extracted)] += 1
 
