@@ -133,26 +133,26 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
     return out, losses
 
 
-def build_base_model(out: Path, tower_dir: Path, language_dir: Path, log: Step) -> Path:
-    """SmolLM2 + the small CLIP tower + a new projector, saved with its processor (cached)."""
+def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: Step) -> Path:
+    """SmolLM2 + the small CLIP tower + the paper's linear projector, started word-aligned on the training scenes'
+    boxes (`demo_projector`), saved with its processor (cached)."""
     if (out / "config.json").is_file():
         return out
     import torch
 
-    from modeling_llava.build import build_llava
     from hub_upload.atomic import atomic_output_dir
+    from llava_cli.demo_projector import fit_word_aligned_projector
+    from modeling_llava.build import build_llava
 
     torch.manual_seed(0)
-    # The paper's linear projector, its bias started at the mean word embedding (see build.assemble_llava): on
-    # this budget that start is the difference between a stage 1 that aligns and one that does not.
-    model, processor = build_llava(
-        tower_dir, language_dir, projector_type="linear", projector_init="embedding_mean", chat_template="chatml"
-    )
+    model, processor = build_llava(tower_dir, language_dir, projector_type="linear", chat_template="chatml")
+    fit = fit_word_aligned_projector(model, processor.image_processor, processor.tokenizer, data.root / "train")
     with atomic_output_dir(out) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
     log(f"built base model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-        f"{model.config.image_seq_length} image tokens per image")
+        f"{model.config.image_seq_length} image tokens per image; projector fit to the patches' words: "
+        f"R² {fit['r2']:.2f}, token norm {fit['token_norm']:.1f}")
     return out
 
 
@@ -268,7 +268,7 @@ def main(argv: list[str]) -> int:
     )
     log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive) and boxes, then frozen")
     tower_dir, losses0 = build_vision_tower(out / "vision-tower", data, language_dir, args.seed, log)
-    base = build_base_model(out / "base", tower_dir, language_dir, log)
+    base = build_base_model(out / "base", tower_dir, language_dir, data, log)
     results = {"before training": evaluate(base, data, "before training", log, out / "eval_before.json")}
 
     log("4/7 stage 1: feature alignment (projector only)")

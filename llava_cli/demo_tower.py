@@ -122,8 +122,16 @@ class PatchLabels:
 
     categories: dict[str, list[int]]
     colors: dict[str, list[int]]
-    num_categories: int
-    num_colors: int
+    category_names: list[str]  # class i + 1 is category_names[i]
+    color_names: list[str]
+
+    @property
+    def num_categories(self) -> int:
+        return len(self.category_names)
+
+    @property
+    def num_colors(self) -> int:
+        return len(self.color_names)
 
 
 def patch_labels(coco_dir: Path, grid: int) -> PatchLabels:
@@ -133,6 +141,7 @@ def patch_labels(coco_dir: Path, grid: int) -> PatchLabels:
     coco = json.loads(source.read_text())
     category_ids = sorted(category["id"] for category in coco["categories"])
     category_class = {category_id: index + 1 for index, category_id in enumerate(category_ids)}
+    category_name = {category["id"]: category["name"] for category in coco["categories"]}
     colors = sorted({annotation.get("attributes", {}).get("color", "") for annotation in coco["annotations"]} - {""})
     color_class = {color: index + 1 for index, color in enumerate(colors)}
     images = {image["id"]: image for image in coco["images"]}
@@ -152,7 +161,7 @@ def patch_labels(coco_dir: Path, grid: int) -> PatchLabels:
                              f"(row {row}, column {column}); a patch can name one object")
         categories[image["file_name"]][patch] = category_class[annotation["category_id"]]
         colored[image["file_name"]][patch] = color_class[color]
-    return PatchLabels(categories, colored, len(category_ids), len(colors))
+    return PatchLabels(categories, colored, [category_name[i] for i in category_ids], colors)
 
 
 def caption_pairs(coco_dir: Path) -> list[dict]:
