@@ -6,8 +6,9 @@
    see `demo_tower`), then frozen;
 3. data with known truth: synthetic scenes -> stage-1 caption pairs (Table 8 instructions) and stage-2
    conversation / detail / complex-reasoning samples from a deterministic template teacher;
-4. stage 1 (projector only) then stage 2 (projector + LLM), through the project's training entry point
-   and its shipped `demo_stage*.yaml` configs;
+4. the paper's linear projector, started word-aligned on the training scenes' boxes (`demo_projector`), then
+   stage 1 (projector only) and stage 2 (projector + LLM), through the project's training entry point and its
+   shipped `demo_stage*.yaml` configs;
 5. exact-match accuracy on held-out scenes before training, after stage 1 and after stage 2;
 6. a Hub-ready export reloaded through `pipeline("image-to-text", trust_remote_code=True)`, and a report.
 
@@ -29,9 +30,8 @@ from transformers import TrainerCallback
 from llava_cli.demo_tower import TowerPretraining
 
 # Stage 1 sees one caption per scene of the first `stage1_fraction` of the training scenes (batch 8), stage 2 one
-# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~90 s + ~440 s on the 2-core
-# machine of docs/benchmarks.md, "Fifth round", where halving stage 1 cost no clear accuracy). The tower's CLIP
-# pretraining sees every training scene's captions.
+# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~75 s + ~390 s on the 2-core
+# machine of docs/benchmarks.md, "Eighth round"). The tower's CLIP pretraining sees every training scene's captions.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
     "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.5, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
