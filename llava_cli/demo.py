@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from llava_cli.demo_tower import TowerPretraining
 
 # Stage 1 sees one caption per scene of the first `stage1_fraction` of the training scenes (batch 8), stage 2 one
-# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~75 s + ~390 s on the 2-core
+# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~72 s + ~390 s on the 2-core
 # machine of docs/benchmarks.md, "Eighth round"). The tower's CLIP pretraining sees every training scene's captions.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
