@@ -2,8 +2,9 @@
 ~10-15 min on 2 cores).
 
 It runs the default preset, checks every deliverable, and asserts what the demo is for: the model learns to see
-— held-out accuracy after stage 2 is clearly above chance on colour and shape questions, while before training it
-is not. (The issue's 80% target is not reached yet; the real numbers are in the README and docs/benchmarks.md.)
+— held-out accuracy after stage 2 is clearly above chance on colour, shape and count questions, while before
+training it is not on colour and shape. (The issue's 80% target is reached for shape, not yet for colour; the real numbers are in the
+README and docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def test_demo_learns_to_see_and_delivers(tmp_path, smollm2_gguf):
     accuracy = metrics["accuracy"]
     for stage in ("before training", "after stage 1", "after stage 2"):
         assert set(accuracy[stage]) >= {"color", "shape", "count", "overall"}
+    for kind in ("color", "shape", "count"):
+        assert accuracy["after stage 2"][kind] >= CHANCE[kind] + MARGIN, accuracy
+    # not counting: answering "one" to every count question scores the share of one-object scenes (~45%)
     for kind in ("color", "shape"):
         assert accuracy["before training"][kind] < CHANCE[kind] + MARGIN, accuracy
-        assert accuracy["after stage 2"][kind] >= CHANCE[kind] + MARGIN, accuracy
 
     assert metrics["pipeline_check"]["answer"].strip()
     assert (out / "report.md").read_text().count("| ![](report_images/") >= 3
