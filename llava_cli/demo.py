@@ -82,8 +82,8 @@ class Step:
 
 def run_settings(preset_name: str, preset: dict, seed: int) -> dict:
     """Everything the cached steps depend on: preset, seed, tower and scene layout, and the text of the data
-    generator and of the two stage configs (hashed, so that editing either invalidates a run directory instead of
-    mixing runs)."""
+    generator, of the tower's pretraining and the projector's start, and of the two stage configs (hashed, so that
+    editing any of them invalidates a run directory instead of mixing runs)."""
     root = Path(__file__).resolve().parents[1]
 
     def digest(*paths: Path) -> str:
@@ -93,6 +93,7 @@ def run_settings(preset_name: str, preset: dict, seed: int) -> dict:
         "preset": preset_name, **preset, "seed": seed, "tower": TOWER, "tower_pretraining": asdict(TOWER_PRETRAINING),
         "scene_rows": list(SCENE_ROWS), "stage2_proportions": STAGE2_PROPORTIONS,
         "data_generator": digest(*(root / "datagen" / name for name in ("scenes.py", "template_teacher.py", "demo_data.py"))),
+        "tower_and_projector_start": digest(*(root / "llava_cli" / name for name in ("demo_tower.py", "demo_projector.py"))),
         **{f"demo_stage{stage}.yaml": digest(root / "training" / "configs" / f"demo_stage{stage}.yaml") for stage in (1, 2)},
     }
 
