@@ -67,12 +67,16 @@ def build_demo_data(
     stage2_scenes: int | None = None,
     stage1_scenes: int | None = None,
     rows: tuple[int, ...] = ROWS,
+    teacher: TemplateTeacher | None = None,
+    stage2_single_object_share: float | None = None,
 ) -> DemoData:
     """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
 
     Stage 1 gets one caption per scene of the first `stage1_scenes` training scenes and stage 2 draws its samples
-    from the first `stage2_scenes` (both default: all), as the paper's stage-2 images are a subset of its stage-1
-    images; every training scene keeps its five COCO captions (`train/captions.json`).
+    from `stage2_scenes` of them (both default: all): the first ones, or with `stage2_single_object_share` set,
+    multi-object scenes first and single-object ones only up to that share (`stage2_scene_selection`). Every
+    training scene keeps its five COCO captions (`train/captions.json`). `teacher` writes stage 2 (default: a
+    `TemplateTeacher` with the paper's Table 9 detail instructions).
     """
     root = Path(root)
     data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
@@ -85,9 +89,12 @@ def build_demo_data(
     stage1_source = train[:stage1_scenes] if stage1_scenes is not None else train
     pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in stage1_source]
     _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))
-    teacher = TemplateTeacher(list(detail_instructions()))
+    teacher = teacher or TemplateTeacher(list(detail_instructions()))
     proportions = proportions or {"conversation": 0.6, "detail": 0.15, "complex": 0.25}
-    stage2_source = train[:stage2_scenes] if stage2_scenes is not None else train
+    if stage2_single_object_share is None:
+        stage2_source = train[:stage2_scenes] if stage2_scenes is not None else train
+    else:
+        stage2_source = stage2_scene_selection(train, stage2_scenes or len(train), stage2_single_object_share)
     _write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene))
 
     lines = []
@@ -97,6 +104,25 @@ def build_demo_data(
                                      "type": question.type, "question": question.question, "answer": question.answer}))
     _write_text(data.eval_questions, "\n".join(lines) + "\n")
     return data
+
+
+def stage2_scene_selection(scenes: list[Scene], count: int, single_object_share: float) -> list[Scene]:
+    """`count` of `scenes` (in their order): single-object scenes make up `single_object_share` of them, multi-object
+    scenes the rest; where one kind runs short the other fills in.
+
+    A one-object scene teaches reading colour and shape, nothing about *which* object a question is about; stage 2
+    is where the LLM learns that binding, so its images favour scenes with several objects (as the paper's stage-2
+    images are a curated subset of its stage-1 images).
+    """
+    if not 0.0 <= single_object_share <= 1.0:
+        raise ValueError(f"single_object_share must be in [0, 1], got {single_object_share}")
+    if count > len(scenes):
+        raise ValueError(f"{count} stage-2 scenes asked for, only {len(scenes)} training scenes")
+    single = [scene for scene in scenes if len(scene.objects) == 1]
+    multi = [scene for scene in scenes if len(scene.objects) > 1]
+    singles = min(max(round(count * single_object_share), count - len(multi)), len(single))
+    chosen = {scene.id for scene in single[:singles] + multi[: count - singles]}
+    return [scene for scene in scenes if scene.id in chosen]
 
 
 def _write_json(path: Path, records) -> None:

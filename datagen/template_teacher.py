@@ -46,14 +46,29 @@ class TemplateTeacher:
 
     name = "template-teacher"
 
-    def __init__(self, detail_questions: list[str]):
+    def __init__(self, detail_questions: list[str], conversation_turns: tuple[int, int] | None = (2, 4)):
+        """`conversation_turns`: the (min, max) number of questions a conversation asks, drawn per conversation;
+        `None` asks every question of the scene (`exact_questions`), the answer-format instruction only in the
+        first turn."""
         self.detail_questions = detail_questions
+        self.conversation_turns = conversation_turns
 
     def conversation(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-        """Multi-turn Q/A with definite answers: the short-answer questions, in random order, 2-4 turns."""
-        turns = [(q.question, short_answer(q.answer)) for q in exact_questions(scene)]
-        rng.shuffle(turns)
-        return turns[: rng.randint(2, 4)]
+        """Multi-turn Q/A with definite answers: the short-answer questions, in random order.
+
+        Asking every question of a scene contrasts its objects within one sample: "What color is the circle?" and
+        "What color is the square?" have different answers only if the model finds each object by its shape
+        (docs/benchmarks.md, "Ninth round").
+        """
+        questions = exact_questions(scene)
+        rng.shuffle(questions)
+        if self.conversation_turns is not None:
+            return [(q.question, short_answer(q.answer)) for q in questions[: rng.randint(*self.conversation_turns)]]
+        # one instruction for the whole conversation: ~20% fewer tokens than repeating it, as many answers
+        return [
+            (q.question if turn == 0 else q.question.removesuffix(f" {SHORT_ANSWER_SUFFIX}"), short_answer(q.answer))
+            for turn, q in enumerate(questions)
+        ]
 
     def detail(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
         """One turn: a Table 9 instruction and a full description of every object."""

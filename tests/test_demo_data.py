@@ -8,9 +8,11 @@ import random
 import numpy as np
 from PIL import Image
 
-from datagen.demo_data import build_demo_data
+import pytest
+
+from datagen.demo_data import build_demo_data, stage2_scene_selection
 from datagen.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
-from datagen.template_teacher import ANSWER_VOCABULARIES, TemplateTeacher, exact_questions
+from datagen.template_teacher import SHORT_ANSWER_SUFFIX, ANSWER_VOCABULARIES, TemplateTeacher, exact_questions, short_answer
 from evaluation.exact_match import Prediction, accuracy_by_type, extract_answer
 from processing.instructions import brief_instructions, detail_instructions
 
@@ -76,6 +78,42 @@ def test_template_teacher_writes_three_response_types_that_are_true_of_the_scene
     assert all(obj.name in detail[0][1] for obj in scene.objects)
     complex_turn = teacher.write("complex", scene, rng)
     assert len(complex_turn) == 1 and len(complex_turn[0][1]) > 40
+
+
+def test_an_every_question_conversation_asks_each_question_once_with_one_answer_format_instruction():
+    rng = random.Random(5)
+    teacher = TemplateTeacher(list(detail_instructions()), conversation_turns=None)
+    for index in range(30):
+        scene, _ = random_scene(f"s{index}", rng, 48)
+        turns = teacher.conversation(scene, rng)
+        expected = {q.question.removesuffix(f" {SHORT_ANSWER_SUFFIX}"): short_answer(q.answer) for q in exact_questions(scene)}
+        assert turns[0][0].endswith(f" {SHORT_ANSWER_SUFFIX}")
+        assert all(SHORT_ANSWER_SUFFIX not in question for question, _ in turns[1:])
+        asked = {question.removesuffix(f" {SHORT_ANSWER_SUFFIX}"): answer for question, answer in turns}
+        assert len(turns) == len(expected) and asked == expected
+
+
+def scenes_with(object_counts: list[int]) -> list:
+    """Scenes (from the generator) with the given numbers of objects, in that order."""
+    rng, pool = random.Random(0), {1: [], 2: [], 3: []}
+    while any(len(pool[n]) < object_counts.count(n) for n in pool):
+        scene, _ = random_scene(f"s{sum(map(len, pool.values()))}", rng, 48)
+        pool[len(scene.objects)].append(scene)
+    return [pool[n].pop() for n in object_counts]
+
+
+def test_stage2_scene_selection_favours_multi_object_scenes_in_order():
+    scenes = scenes_with([1, 2, 1, 1, 3, 1, 2, 1, 3, 1])
+    chosen = stage2_scene_selection(scenes, 5, single_object_share=0.2)
+    assert [len(s.objects) for s in chosen] == [1, 2, 3, 2, 3]  # order kept; 1 of 5 single-object
+    assert chosen == [s for s in scenes if s in chosen]
+    # too few multi-object scenes: single-object ones fill the count
+    assert [len(s.objects) for s in stage2_scene_selection(scenes, 7, single_object_share=0.0)] == [1, 2, 1, 1, 3, 2, 3]
+    assert len(stage2_scene_selection(scenes, 10, 0.5)) == 10
+    with pytest.raises(ValueError, match="11 stage-2 scenes asked for, only 10"):
+        stage2_scene_selection(scenes, 11, 0.2)
+    with pytest.raises(ValueError, match="single_object_share"):
+        stage2_scene_selection(scenes, 5, 1.5)
 
 
 def test_build_demo_data_writes_llava_json_and_is_reused(tmp_path):

@@ -25,17 +25,18 @@ def image_processor() -> CLIPImageProcessor:
     return CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
 
 
-def test_each_patch_target_sums_the_words_that_name_it(tmp_path):
+@pytest.mark.parametrize("column_words", [True, False])
+def test_each_patch_target_sums_the_words_that_name_it(tmp_path, column_words):
     write_scenes(tmp_path, 8, seed=0, image_size=48, rows=(1,))
     tokenizer, embeddings = tiny_tokenizer(), torch.randn(128, 16)
-    targets = patch_word_targets(tmp_path, 3, tokenizer, embeddings)
+    targets = patch_word_targets(tmp_path, 3, tokenizer, embeddings, column_words=column_words)
     word = lambda w: word_embedding(w, tokenizer, embeddings).double()  # noqa: E731
     for scene in read_scenes(tmp_path):
         target = targets[f"images/{scene.id}.png"]
         assert target.shape == (9, 16)
         occupied = {3 + POSITIONS.index(obj.position): obj for obj in scene.objects}  # the middle row
         for patch in range(9):
-            expected = word(POSITIONS[patch % 3])
+            expected = word(POSITIONS[patch % 3]) if column_words else torch.zeros(16, dtype=torch.float64)
             if patch in occupied:
                 expected = expected + word(occupied[patch].color) + word(occupied[patch].shape)
             torch.testing.assert_close(target[patch], expected)
