@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
+from processing.instructions import IMAGE_TOKEN, detail_instructions, expand_caption_pairs, place_image_token
 
 from .scenes import ROWS, Scene, captions, write_scenes
 from .template_teacher import TemplateTeacher, exact_questions
@@ -36,8 +36,10 @@ def stage2_records(
     teacher: TemplateTeacher,
     proportions: dict[str, float],
     samples_per_scene: int,
+    image_first: bool = False,
 ) -> list[dict]:
-    """Teacher-written samples; each draws its response type by `proportions` (paper: 58K/23K/77K)."""
+    """Teacher-written samples; each draws its response type by `proportions` (paper: 58K/23K/77K). The image goes
+    before or after the first question at random (paper eq. 2), or always before it with `image_first`."""
     kinds, weights = zip(*[(kind, proportions.get(kind, 0.0)) for kind in RESPONSE_TYPES])
     records = []
     for scene in scenes:
@@ -46,7 +48,10 @@ def stage2_records(
             turns = teacher.write(kind, scene, rng)
             conversations = []
             for turn, (question, answer) in enumerate(turns):
-                value = place_image_token(question, rng) if turn == 0 else question
+                if turn == 0:
+                    value = f"{IMAGE_TOKEN}\n{question}" if image_first else place_image_token(question, rng)
+                else:
+                    value = question
                 conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
             records.append(
                 {"id": f"{scene.id}-{kind}-{index}", "image": f"train/images/{scene.id}.png", "type": kind,
@@ -69,6 +74,7 @@ def build_demo_data(
     rows: tuple[int, ...] = ROWS,
     teacher: TemplateTeacher | None = None,
     stage2_single_object_share: float | None = None,
+    stage2_image_first: bool = False,
 ) -> DemoData:
     """Write scenes, stage-1/2 LLaVA JSON and held-out questions under `root` (reused when present).
 
@@ -76,7 +82,7 @@ def build_demo_data(
     from `stage2_scenes` of them (both default: all): the first ones, or with `stage2_single_object_share` set,
     multi-object scenes first and single-object ones only up to that share (`stage2_scene_selection`). Every
     training scene keeps its five COCO captions (`train/captions.json`). `teacher` writes stage 2 (default: a
-    `TemplateTeacher` with the paper's Table 9 detail instructions).
+    `TemplateTeacher` with the paper's Table 9 detail instructions); `stage2_image_first`: see `stage2_records`.
     """
     root = Path(root)
     data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
@@ -95,7 +101,7 @@ def build_demo_data(
         stage2_source = train[:stage2_scenes] if stage2_scenes is not None else train
     else:
         stage2_source = stage2_scene_selection(train, stage2_scenes or len(train), stage2_single_object_share)
-    _write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene))
+    _write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene, stage2_image_first))
 
     lines = []
     for scene in held_out:

@@ -12,7 +12,7 @@ import pytest
 
 from datagen.demo_data import build_demo_data, stage2_scene_selection
 from datagen.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
-from datagen.template_teacher import SHORT_ANSWER_SUFFIX, ANSWER_VOCABULARIES, TemplateTeacher, exact_questions, short_answer
+from datagen.template_teacher import ANSWER_VOCABULARIES, SHORT_ANSWER_SUFFIX, TemplateTeacher, exact_questions, short_answer
 from evaluation.exact_match import Prediction, accuracy_by_type, extract_answer
 from processing.instructions import brief_instructions, detail_instructions
 
@@ -144,6 +144,21 @@ def test_stage_subsets_take_the_first_training_scenes(tmp_path):
     assert sorted(record["image"] for record in stage2) == [f"train/images/train-{i:05d}.png" for i in range(9)]
     coco = json.loads((tmp_path / "train" / "captions.json").read_text())
     assert len(coco["images"]) == 12  # every training scene keeps its captions (the tower's pretraining set)
+
+
+def test_stage2_selection_and_image_first_reach_the_written_data(tmp_path):
+    data = build_demo_data(tmp_path, train_scenes=24, eval_scenes=2, seed=0, image_size=48, stage2_samples_per_scene=1,
+                           stage2_scenes=10, stage2_single_object_share=0.1, stage2_image_first=True,
+                           teacher=TemplateTeacher(list(detail_instructions()), conversation_turns=None))
+    scenes = {scene.id: scene for scene in read_scenes(tmp_path / "train")}
+    stage2 = json.loads(data.stage2.read_text())
+    objects = [len(scenes[record["image"].split("/")[-1].removesuffix(".png")].objects) for record in stage2]
+    assert len(stage2) == 10 and objects.count(1) == 1
+    assert all(record["conversations"][0]["value"].startswith("<image>\n") for record in stage2)
+    for record in stage2:
+        if record["type"] == "conversation":
+            scene = scenes[record["image"].split("/")[-1].removesuffix(".png")]
+            assert len(record["conversations"]) == 2 * len(exact_questions(scene))
 
 
 def test_answer_extraction_and_accuracy():
