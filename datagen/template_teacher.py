@@ -48,8 +48,7 @@ class TemplateTeacher:
 
     def __init__(self, detail_questions: list[str], conversation_turns: tuple[int, int] | None = (2, 4)):
         """`conversation_turns`: the (min, max) number of questions a conversation asks, drawn per conversation;
-        `None` asks every question of the scene (`exact_questions`), the answer-format instruction only in the
-        first turn."""
+        `None` asks every question of the scene (`exact_questions`)."""
         self.detail_questions = detail_questions
         self.conversation_turns = conversation_turns
 
@@ -63,12 +62,10 @@ class TemplateTeacher:
         questions = exact_questions(scene)
         rng.shuffle(questions)
         if self.conversation_turns is not None:
-            return [(q.question, short_answer(q.answer)) for q in questions[: rng.randint(*self.conversation_turns)]]
-        # one instruction for the whole conversation: ~20% fewer tokens than repeating it, as many answers
-        return [
-            (q.question if turn == 0 else q.question.removesuffix(f" {SHORT_ANSWER_SUFFIX}"), short_answer(q.answer))
-            for turn, q in enumerate(questions)
-        ]
+            questions = questions[: rng.randint(*self.conversation_turns)]
+        # Every turn keeps "Answer with one word.", as the held-out questions have it: with it in the first turn only
+        # (~20% fewer tokens) colour fell from 82% to 66% (docs/benchmarks.md, "Ninth round", `e6` vs `g1`).
+        return [(q.question, short_answer(q.answer)) for q in questions]
 
     def detail(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
         """One turn: a Table 9 instruction and a full description of every object."""
