@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from processing.instructions import IMAGE_TOKEN, detail_instructions, expand_caption_pairs, place_image_token
+from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
 
 from .scenes import ROWS, Scene, captions, write_scenes
 from .template_teacher import TemplateTeacher, exact_questions
@@ -48,10 +48,7 @@ def stage2_records(
             turns = teacher.write(kind, scene, rng)
             conversations = []
             for turn, (question, answer) in enumerate(turns):
-                if turn == 0:
-                    value = f"{IMAGE_TOKEN}\n{question}" if image_first else place_image_token(question, rng)
-                else:
-                    value = question
+                value = place_image_token(question, rng, image_first) if turn == 0 else question
                 conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
             records.append(
                 {"id": f"{scene.id}-{kind}-{index}", "image": f"train/images/{scene.id}.png", "type": kind,

@@ -42,8 +42,9 @@ STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
 # Questions per conversation (None: every question of the scene), the share of single-object scenes in stage 2
 # (None: the first scenes, whatever they show), the image always before the first question (False: paper eq. 2's
 # random placement) and the projector start's column words. Every question over mostly multi-object scenes without
-# column words reached colour 84% in a stage 2 of ~530 s, but cut to fit 10 minutes it gave 70-73%
-# (docs/benchmarks.md, "Ninth round"), so the default stays the Eighth round's.
+# column words reached colour 82-84% in a stage 2 of ~530 s; the runs cut to 10 minutes gave 66-73%, but they also
+# asked "Answer with one word." in the first turn only (docs/benchmarks.md, "Ninth round"). Until one such run is
+# measured within 10 minutes the default stays the Eighth round's.
 CONVERSATION_TURNS: tuple[int, int] | None = (2, 4)
 STAGE2_SINGLE_OBJECT_SHARE: float | None = None
 STAGE2_IMAGE_FIRST = False

@@ -65,8 +65,8 @@ def fit_word_aligned_projector(
     column_words: bool = True,
 ) -> dict[str, float]:
     """Set `model`'s linear projector to the ridge-regression map from its tower's patch features of the images in
-    `coco_dir` (`instances.json`, `images/`) to `patch_word_targets` (`column_words` passed on). `ridge` is the penalty per sample (the bias
-    is not penalised). Returns the fit's R² and the mean norm of the fitted tokens (word embeddings: ~3)."""
+    `coco_dir` (`instances.json`, `images/`) to `patch_word_targets` (`column_words` passed on). `ridge` is the
+    penalty per sample (the bias is not penalised). Returns the fit's R² and the mean norm of the fitted tokens (word embeddings: ~3)."""
     projector = model.model.multi_modal_projector
     if getattr(projector, "depth", None) != 1 or projector.linear_1.bias is None:
         raise ValueError("a word-aligned start is fit for the paper's linear projector with a bias (projector_type='linear')")

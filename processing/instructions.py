@@ -38,9 +38,10 @@ def detail_instructions() -> tuple[str, ...]:
     return _load_instruction_list("detail_instructions.json")
 
 
-def place_image_token(question: str, rng: random.Random) -> str:
-    """First-turn text with the image before or after the question, chosen by `rng` (paper eq. 2)."""
-    if rng.random() < 0.5:
+def place_image_token(question: str, rng: random.Random, image_first: bool = False) -> str:
+    """First-turn text with the image before or after the question, chosen by `rng` (paper eq. 2), or always before
+    it with `image_first` (then `rng` is not drawn from)."""
+    if image_first or rng.random() < 0.5:
         return f"{IMAGE_TOKEN}\n{question}"
     return f"{question}\n{IMAGE_TOKEN}"
 

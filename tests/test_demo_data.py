@@ -6,9 +6,8 @@ import json
 import random
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from datagen.demo_data import build_demo_data, stage2_scene_selection
 from datagen.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
