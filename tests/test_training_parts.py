@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_IMAGE_TOKEN_ID, tiny_llava_config, tiny_llava_model
 from training.sampler import ModalityLengthGroupedSampler, modality_length_grouped_indices
-from training.trainer import configure_trainable_parameters
+from training.trainer import LlavaSFTTrainer, configure_trainable_parameters
 
 
 def test_stage1_trains_only_the_projector():
@@ -54,3 +54,34 @@ def test_modality_sampler_is_reproducible_per_epoch_and_reshuffles_between_epoch
     assert first == list(ModalityLengthGroupedSampler(lengths, batch_size=4, seed=3))
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first) == list(range(60))
+
+
+def test_larger_megabatches_give_batches_of_similar_length():
+    lengths = [int(n) for n in torch.randperm(200, generator=torch.Generator().manual_seed(1))[:64] + 1]
+
+    def batches(mult: int) -> list[list[int]]:
+        order = modality_length_grouped_indices(lengths, 4, 1, torch.Generator().manual_seed(0), megabatch_mult=mult)
+        assert sorted(order) == list(range(64))
+        return [order[i : i + 4] for i in range(0, 64, 4)]
+
+    def padded_tokens(mult: int) -> int:
+        return sum(4 * max(lengths[i] for i in batch) for batch in batches(mult))
+
+    assert padded_tokens(1) > padded_tokens(4) > padded_tokens(16)
+    # one megabatch spanning the data: the batches are consecutive runs of the globally sorted samples
+    by_length = sorted(range(64), key=lambda i: -lengths[i])
+    assert sorted(batches(16)) == sorted(by_length[i : i + 4] for i in range(0, 64, 4))
+
+
+def test_megabatch_leftover_is_completed_to_whole_global_batches_of_one_modality():
+    lengths = list(range(1, 11)) + [-1, -2, -3]  # 10 image samples, 3 text-only
+    order = modality_length_grouped_indices(lengths, 2, 2, torch.Generator().manual_seed(0), megabatch_mult=2)
+    # image: 8 + a leftover of 2 completed to 4 -> 12; text: 3 completed to 4
+    assert len(order) == len(ModalityLengthGroupedSampler(lengths, 2, 2, megabatch_mult=2)) == 16
+    batches = [order[i : i + 4] for i in range(0, 16, 4)]
+    assert all(len({lengths[i] > 0 for i in batch}) == 1 for batch in batches)
+    assert set(order) == set(range(13))
+    with pytest.raises(ValueError, match="megabatch_mult"):
+        modality_length_grouped_indices(lengths, 2, 2, torch.Generator(), megabatch_mult=0)
+    with pytest.raises(ValueError, match="only applies with group_by_modality_length"):
+        LlavaSFTTrainer(length_megabatch_mult=4)  # refused before anything is built

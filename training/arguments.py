@@ -143,6 +143,14 @@ class LlavaTrainArguments:
             "(less padding, and no mixed batches)."
         },
     )
+    length_megabatch_mult: int = field(
+        default=1,
+        metadata={
+            "help": "With group_by_modality_length: how many global batches of shuffled samples are sorted by "
+            "length together. 1 (the original LLaVA) only balances lengths across ranks; more gives each batch "
+            "samples of similar length, hence less padding (transformers' LengthGroupedSampler uses up to 50)."
+        },
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={

@@ -348,6 +348,7 @@ def train(
         projector_learning_rate=args.projector_learning_rate,
         vision_tower_learning_rate=args.vision_tower_learning_rate,
         group_by_modality_length=args.group_by_modality_length,
+        length_megabatch_mult=args.length_megabatch_mult,
         sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
         callbacks=callbacks,
     )

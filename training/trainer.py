@@ -86,6 +86,7 @@ class LlavaSFTTrainer(SFTTrainer):
             (see `training.sampler.ModalityLengthGroupedSampler`).
         sample_lengths: token length of each training sample, negative for text-only samples; needed by
             `group_by_modality_length`.
+        length_megabatch_mult: global batches sorted by length together (`ModalityLengthGroupedSampler`).
         supervised_logits_loss: compute the loss from logits at supervised positions only (see `compute_loss`)
             instead of TRL's fused LM head. Default: on when the model is on CPU.
         Other arguments: as `trl.SFTTrainer`.
@@ -98,6 +99,7 @@ class LlavaSFTTrainer(SFTTrainer):
         vision_tower_learning_rate: float | None = None,
         group_by_modality_length: bool = False,
         sample_lengths: list[int] | None = None,
+        length_megabatch_mult: int = 1,
         supervised_logits_loss: bool | None = None,
         **kwargs,
     ):
@@ -105,9 +107,15 @@ class LlavaSFTTrainer(SFTTrainer):
         self.vision_tower_learning_rate = vision_tower_learning_rate
         self.supervised_logits_loss = supervised_logits_loss
         self.group_by_modality_length = group_by_modality_length
+        self.length_megabatch_mult = length_megabatch_mult
         self.sample_lengths = sample_lengths
         if group_by_modality_length and sample_lengths is None:
             raise ValueError("group_by_modality_length needs sample_lengths (negative for text-only samples).")
+        if length_megabatch_mult < 1 or (length_megabatch_mult != 1 and not group_by_modality_length):
+            raise ValueError(
+                f"length_megabatch_mult={length_megabatch_mult}: it must be a positive number of global batches, "
+                "and it only applies with group_by_modality_length: true."
+            )
         super().__init__(*args, **kwargs)
 
     def _use_supervised_logits_loss(self, model) -> bool:
@@ -196,4 +204,5 @@ class LlavaSFTTrainer(SFTTrainer):
             batch_size=self.args.per_device_train_batch_size,
             world_size=self.args.world_size * self.args.gradient_accumulation_steps,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            megabatch_mult=self.length_megabatch_mult,
         )
