@@ -30,25 +30,27 @@ from transformers import TrainerCallback
 from llava_cli.demo_tower import TowerPretraining
 
 # Stage 1 sees one caption per scene of the first `stage1_fraction` of the training scenes (batch 8), stage 2 one
-# teacher sample per scene of the first `stage2_fraction` (default: 100 + 150 steps; ~72 s + ~390 s on the 2-core
-# machine of docs/benchmarks.md, "Eighth round"). The tower's CLIP pretraining sees every training scene's captions.
+# teacher sample per scene of `stage2_fraction` of them (default: 50 + 163 steps; ~30 s + ~420 s on the 2-core
+# machine of docs/benchmarks.md, "Tenth round"). The tower's CLIP pretraining sees every training scene's captions.
 PRESETS = {
     "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
-    "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.5, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
+    "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.25, stage1_epochs=1, stage2_fraction=0.8125, stage2_epochs=1),
     "full": dict(train_scenes=4800, eval_scenes=150, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=1.0, stage2_epochs=1),
 }
 # Mostly short-answer conversations (cheap, dense supervision), with the paper's other two types kept in the mix.
-STAGE2_PROPORTIONS = {"conversation": 0.8, "detail": 0.1, "complex": 0.1}
-# Questions per conversation (None: every question of the scene), the share of single-object scenes in stage 2
-# (None: the first scenes, whatever they show), the image always before the first question (False: paper eq. 2's
-# random placement) and the projector start's column words. Every question over mostly multi-object scenes without
-# column words reached colour 82-84% in a stage 2 of ~530 s; the runs cut to 10 minutes gave 66-73%, but they also
-# asked "Answer with one word." in the first turn only (docs/benchmarks.md, "Ninth round"). Until one such run is
-# measured within 10 minutes the default stays the Eighth round's.
-CONVERSATION_TURNS: tuple[int, int] | None = (2, 4)
-STAGE2_SINGLE_OBJECT_SHARE: float | None = None
-STAGE2_IMAGE_FIRST = False
-PROJECTOR_COLUMN_WORDS = True
+STAGE2_PROPORTIONS = {"conversation": 0.92, "detail": 0.04, "complex": 0.04}
+# How stage 2 teaches the model to find an object by its shape (docs/benchmarks.md, "Ninth round", "Tenth round"):
+# - four questions per conversation (all of a one-object scene's three): several questions about one scene contrast
+#   its objects, and a fixed number keeps the samples of a batch about as long, so little of a step is padding
+#   (every question of a three-object scene makes ~180-token samples beside ~80-token ones: 36% padding, not 14%);
+# - multi-object scenes first, one-object scenes at most a fifth (they teach nothing about which object is meant);
+# - the image before the first question in every sample (paper eq. 2 places it at random);
+# - the projector starts from the patches' colour and category words only: with the column words too, colour
+#   stayed at 68% in three designs.
+CONVERSATION_TURNS: tuple[int, int] | None = (4, 4)
+STAGE2_SINGLE_OBJECT_SHARE: float | None = 0.2
+STAGE2_IMAGE_FIRST = True
+PROJECTOR_COLUMN_WORDS = False
 # A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see datagen.scenes).
 IMAGE_SIZE = 48
 PATCH_SIZE = 16

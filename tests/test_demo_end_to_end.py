@@ -1,10 +1,10 @@
-"""`llava demo` end to end (slow: a small CLIP tower pretrains, then the real SmolLM2-135M trains for 100 + 150 steps,
+"""`llava demo` end to end (slow: a small CLIP tower pretrains, then the real SmolLM2-135M trains for 50 + 163 steps,
 ~10-15 min on 2 cores).
 
 It runs the default preset, checks every deliverable, and asserts what the demo is for: the model learns to see
 — held-out accuracy after stage 2 is clearly above chance on colour, shape and count questions, while before
-training it is not on colour and shape. (The issue's 80% target is reached for shape, not yet for colour; the real numbers are in the
-README and docs/benchmarks.md.)
+training it is not on colour and shape. (The issue's 80% target is measured, not asserted here (README,
+docs/benchmarks.md): bf16 kernels differ between CPUs, and so do the trained weights.)
 """
 
 from __future__ import annotations
