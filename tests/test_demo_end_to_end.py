@@ -39,9 +39,12 @@ def test_demo_learns_to_see_and_delivers(tmp_path, smollm2_gguf):
         assert set(accuracy[stage]) >= {"color", "shape", "count", "overall"}
     for kind in ("color", "shape", "count"):
         assert accuracy["after stage 2"][kind] >= CHANCE[kind] + MARGIN, accuracy
-    # not counting: answering "one" to every count question scores the share of one-object scenes (~45%)
-    for kind in ("color", "shape"):
-        assert accuracy["before training"][kind] < CHANCE[kind] + MARGIN, accuracy
+    # not counting: answering "one" to every count question scores the share of one-object scenes (~45%). Shape gets
+    # three standard deviations at chance (73 questions): the word-aligned projector start already reads some image
+    # tokens as their shape's word (42% on the 2-core AMD EPYC of docs/benchmarks.md), and another CPU's kernels
+    # may move that by a question or two.
+    assert accuracy["before training"]["color"] < CHANCE["color"] + MARGIN, accuracy
+    assert accuracy["before training"]["shape"] < CHANCE["shape"] + 3 * (CHANCE["shape"] * (1 - CHANCE["shape"]) / 73) ** 0.5, accuracy
 
     assert metrics["pipeline_check"]["answer"].strip()
     assert (out / "report.md").read_text().count("| ![](report_images/") >= 3
