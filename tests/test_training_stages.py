@@ -12,9 +12,9 @@ import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import REPO_ROOT, tiny_llava_model
+from conftest import REPO_ROOT, tiny_llava_model, tiny_text_config
 from training.train import PROJECTOR_FILE, SKIPPED_FILE, DataCheckError, run
-from training_fixtures import caption_records, chat_records, save_tiny_model, write_dataset, write_images
+from training_fixtures import caption_records, chat_records, save_tiny_model, tiny_processor, write_dataset, write_images
 
 
 CONFIGS = REPO_ROOT / "training" / "configs"
@@ -348,3 +348,63 @@ def test_attn_implementation_reaches_every_sub_model_and_is_not_saved(workdir):
     )
     assert seen == {"language": "eager", "vision": "eager"}
     assert "attn_implementation" not in Path(output.model_dir, "config.json").read_text()
+
+
+class EmbeddingGradientSpy(TrainerCallback):
+    """Records, before each optimizer step, whether the input lookup is sparse and the layout of its gradient."""
+
+    def __init__(self):
+        self.seen: list[tuple[bool, torch.layout]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        embedding = model.get_input_embeddings()
+        self.seen.append((embedding.sparse, embedding.weight.grad.layout))
+
+
+def train_stage2_directly(workdir: Path, model_dir: Path, output: str, **trainer_options):
+    """A few stage-2 steps through `LlavaSFTTrainer` itself (the options `run` does not expose)."""
+    from transformers import AutoModelForImageTextToText
+
+    from processing import LlavaProcessor
+    from processing.llava_data import load_llava_dataset, to_trl_dataset
+    from training.arguments import LlavaSFTConfig
+    from training.collators import stage2_collator
+    from training.trainer import LlavaSFTTrainer, configure_trainable_parameters
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
+    configure_trainable_parameters(model, stage=2)
+    processor = LlavaProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    dataset = to_trl_dataset(load_llava_dataset(workdir / "chats.json", workdir / "images"), workdir / "images")
+    spy = EmbeddingGradientSpy()
+    args = LlavaSFTConfig(output_dir=str(workdir / output), report_to="none", activation_checkpointing=False,
+                          max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no", seed=0)
+    trainer = LlavaSFTTrainer(model=model, args=args, data_collator=stage2_collator(processor, max_length=512),
+                              train_dataset=dataset, processing_class=processor, callbacks=[spy], **trainer_options)
+    trainer.train()
+    return model, spy.seen
+
+
+def test_tied_embeddings_train_on_cpu_through_a_sparse_lookup_gradient_to_the_same_weights(workdir):
+    tied = workdir / "tied_base"
+    model = tiny_llava_model(text_config=tiny_text_config(tie_word_embeddings=True).to_dict())
+    model.save_pretrained(tied)
+    tiny_processor().save_pretrained(tied)
+    start = model.get_input_embeddings().weight.detach().clone()
+
+    sparse, seen_sparse = train_stage2_directly(workdir, tied, "tied_auto")  # the default on CPU
+    dense, seen_dense = train_stage2_directly(workdir, tied, "tied_off", sparse_embedding_gradient=False)
+
+    # sparse while training, yet the optimizer gets one dense gradient; the model leaves training as it came
+    assert seen_sparse == [(True, torch.strided)] * 4 and not sparse.get_input_embeddings().sparse
+    assert seen_dense == [(False, torch.strided)] * 4
+    assert sparse.lm_head.weight is sparse.get_input_embeddings().weight
+    assert not torch.allclose(sparse.get_input_embeddings().weight, start)
+    for (name, trained), reference in zip(sparse.state_dict().items(), dense.state_dict().values()):
+        assert torch.allclose(trained, reference, atol=1e-5), name
+
+
+def test_untied_embeddings_keep_the_dense_lookup_gradient_and_forcing_it_names_why(workdir):
+    _, seen = train_stage2_directly(workdir, workdir / "base", "untied_auto")  # tie_word_embeddings=False
+    assert seen == [(False, torch.strided)] * 4
+    with pytest.raises(ValueError, match=r"tied into one trainable weight \(tied and trainable: False\)"):
+        train_stage2_directly(workdir, workdir / "base", "untied_forced", sparse_embedding_gradient=True)

@@ -3,6 +3,7 @@
 - a separate learning rate for the projector (its own optimizer parameter groups);
 - optional length grouping by modality (image and text-only samples in separate batches);
 - a loss over logits at the supervised positions only, used on CPU, where TRL's fused LM head is slower;
+- a sparse gradient for the input-embedding lookup when the embeddings are tied and train on CPU;
 - helpers that decide which parameters learn in each stage.
 """
 
@@ -89,6 +90,9 @@ class LlavaSFTTrainer(SFTTrainer):
         length_megabatch_mult: global batches sorted by length together (`ModalityLengthGroupedSampler`).
         supervised_logits_loss: compute the loss from logits at supervised positions only (see `compute_loss`)
             instead of TRL's fused LM head. Default: on when the model is on CPU.
+        sparse_embedding_gradient: give the input-embedding lookup a sparse gradient (its rows only) while
+            training, when the input and output embeddings are one tied, trainable weight (see `train`). Default:
+            on when the model is on CPU and trains in one process.
         Other arguments: as `trl.SFTTrainer`.
     """
 
@@ -101,8 +105,10 @@ class LlavaSFTTrainer(SFTTrainer):
         sample_lengths: list[int] | None = None,
         length_megabatch_mult: int = 1,
         supervised_logits_loss: bool | None = None,
+        sparse_embedding_gradient: bool | None = None,
         **kwargs,
     ):
+        self.sparse_embedding_gradient = sparse_embedding_gradient
         self.projector_learning_rate = projector_learning_rate
         self.vision_tower_learning_rate = vision_tower_learning_rate
         self.supervised_logits_loss = supervised_logits_loss
@@ -164,6 +170,46 @@ class LlavaSFTTrainer(SFTTrainer):
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, with the tied embedding's lookup giving a sparse gradient while it runs.
+
+        A tied weight gets two gradients: a dense one from the LM head and one from the input lookup, which
+        `nn.Embedding` materialises as a zero-filled vocabulary x hidden tensor, and autograd then adds the two
+        into a third. On CPU those memory-bound passes over the 49k x 576 SmolLM2 vocabulary cost 0.4-0.5 s of a
+        ~5 s demo stage-2 step (docs/benchmarks.md). With `sparse=True` the lookup's gradient is its rows only,
+        added in place into the head's dense gradient, so the optimizer still gets one dense gradient and the same
+        values (up to summation order). Only in one process: DDP plans sparse buckets for `sparse=True` modules.
+        """
+        embedding = self._embedding_for_sparse_gradient()
+        if embedding is None:
+            return super().train(*args, **kwargs)
+        embedding.sparse = True
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            embedding.sparse = False  # a module attribute, not saved: the model leaves training as it came
+
+    def _embedding_for_sparse_gradient(self) -> nn.Embedding | None:
+        if self.sparse_embedding_gradient is False:
+            return None
+        embedding, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        tied = (
+            isinstance(embedding, nn.Embedding)
+            and head is not None
+            and head.weight is embedding.weight
+            and embedding.weight.requires_grad
+        )
+        one_process = self.args.world_size == 1 and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        if self.sparse_embedding_gradient is None:
+            return embedding if tied and one_process and embedding.weight.device.type == "cpu" else None
+        if not (tied and one_process):
+            raise ValueError(
+                "sparse_embedding_gradient=True needs input and output embeddings tied into one trainable weight "
+                f"(tied and trainable: {tied}) and training in one process without DeepSpeed or FSDP "
+                f"(world size {self.args.world_size})."
+            )
+        return embedding
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         # Trainer has one learning rate; the projector (and a trained vision tower) get their own groups here.
