@@ -92,7 +92,7 @@ class LlavaSFTTrainer(SFTTrainer):
             instead of TRL's fused LM head. Default: on when the model is on CPU.
         sparse_embedding_gradient: give the input-embedding lookup a sparse gradient (its rows only) while
             training, when the input and output embeddings are one tied, trainable weight (see `train`). Default:
-            on when the model is on CPU and trains in one process.
+            on when the model is on CPU and trains in one process, without `torch_compile`.
         Other arguments: as `trl.SFTTrainer`.
     """
 
@@ -203,7 +203,9 @@ class LlavaSFTTrainer(SFTTrainer):
         )
         one_process = self.args.world_size == 1 and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         if self.sparse_embedding_gradient is None:
-            return embedding if tied and one_process and embedding.weight.device.type == "cpu" else None
+            # not under torch.compile: its graphs would have to trace the sparse gradient too, untested here
+            cpu = embedding.weight.device.type == "cpu" and not self.args.torch_compile
+            return embedding if tied and one_process and cpu else None
         if not (tied and one_process):
             raise ValueError(
                 "sparse_embedding_gradient=True needs input and output embeddings tied into one trainable weight "
