@@ -47,6 +47,18 @@ def rename_llava_hf_key(key: str) -> str:
     return key
 
 
+_VISION_TOWER_WITHOUT_VISION_MODEL = re.compile(r"^vision_tower\.(?!vision_model\.)")
+
+
+def llava_hf_portable_key(key: str) -> str:
+    """A saved llava-hf key in the layout transformers 4.x, transformers 5 and vLLM all load.
+
+    transformers 5 writes the 4.x prefixes (`language_model.model.*`, `language_model.lm_head.*`) except for the
+    vision tower, which it writes without `vision_model.`; the 4.x name `vision_tower.vision_model.*` is restored.
+    """
+    return _VISION_TOWER_WITHOUT_VISION_MODEL.sub("vision_tower.vision_model.", key, count=1)
+
+
 def _is_identity(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     square = weight.dim() == 2 and weight.shape[0] == weight.shape[1]
     return (

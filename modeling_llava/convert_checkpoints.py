@@ -20,6 +20,7 @@ from .convert import (
     config_from_llava_hf,
     config_to_llava_hf,
     infer_original_projector_type,
+    llava_hf_portable_key,
     load_weights,
     original_projector_type,
     original_uses_image_markers,
@@ -72,7 +73,9 @@ def to_llava_hf(src: str | Path, out: str | Path):
     hf_model = LlavaForConditionalGeneration(hf_config)
     load_into(hf_model, state_dict_to_llava_hf(model.state_dict(), model.config), src)
     hf_model.to(model.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    # Our config is passed in: left to itself AutoTokenizer reads config.json through AutoConfig, which asks
+    # "Do you wish to run the custom code?" and then warns about the unknown `llava_remote` model type.
+    tokenizer = AutoTokenizer.from_pretrained(src, config=model.config)
     image_processor = AutoImageProcessor.from_pretrained(src)
     processor = HFLlavaProcessor(
         image_processor=image_processor,
@@ -86,7 +89,66 @@ def to_llava_hf(src: str | Path, out: str | Path):
     with atomic_output_dir(out) as staging:
         hf_model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        write_llava_hf_key_layout(staging)
+        drop_dangling_auto_map(staging)
     return hf_model
+
+
+def write_llava_hf_key_layout(folder: str | Path) -> None:
+    """Rewrite the weights of a llava-hf folder in the layout every reader loads: `vision_tower.vision_model.*`.
+
+    transformers 5 saves the vision tower as `vision_tower.embeddings.*`; transformers 4.x and vLLM's native
+    LLaVA read only `vision_tower.vision_model.*`, which transformers 5 loads as well (its legacy renames).
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    for shard in sorted(folder.glob("*.safetensors")):
+        state_dict = load_file(str(shard))
+        save_file({llava_hf_portable_key(key): value for key, value in state_dict.items()}, str(shard),
+                  metadata={"format": "pt"})
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        index["weight_map"] = {llava_hf_portable_key(key): file for key, file in index["weight_map"].items()}
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def drop_dangling_auto_map(folder: str | Path) -> None:
+    """Remove `auto_map` entries of a folder's JSON files whose module (e.g. `processing_llava.py`) is not in it.
+
+    The tokenizer and image processor loaded from one of our folders remember our processor's `auto_map`; saved
+    into a llava-hf export, which has no remote code, they would point at a file the export lacks.
+    """
+    import json
+
+    folder = Path(folder)
+
+    def present(reference) -> bool:
+        references = reference if isinstance(reference, (list, tuple)) else [reference]
+        return all(
+            item is None or (folder / (item.split("--")[-1].rsplit(".", 1)[0] + ".py")).is_file() for item in references
+        )
+
+    def clean(value):
+        if isinstance(value, dict):
+            cleaned = {key: clean(item) for key, item in value.items()}
+            if isinstance(cleaned.get("auto_map"), dict):
+                kept = {name: ref for name, ref in cleaned["auto_map"].items() if present(ref)}
+                if kept:
+                    cleaned["auto_map"] = kept
+                else:
+                    del cleaned["auto_map"]
+            return cleaned
+        return value
+
+    for file in sorted(folder.glob("*.json")):
+        content = json.loads(file.read_text(encoding="utf-8"))
+        cleaned = clean(content)
+        if cleaned != content:
+            file.write_text(json.dumps(cleaned, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def from_original(
