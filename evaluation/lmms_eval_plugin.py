@@ -48,7 +48,9 @@ class LlavaRemoteLmms(lmms):
         pretrained: model folder or Hub id.
         device: torch device (default: cuda if available, else cpu).
         dtype: `auto` (the checkpoint's), `float32`, `bfloat16` or `float16`.
-        batch_size: requests per generate call (left-padded).
+        batch_size: requests per generate call (left-padded); an integer (lmms-eval's `auto` search is not
+            supported).
+        max_batch_size: accepted because lmms-eval always passes it; only used by `auto`, so ignored.
         max_new_tokens: default generation length when a task does not set one.
     """
 
@@ -60,16 +62,36 @@ class LlavaRemoteLmms(lmms):
         device: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
+        max_batch_size: int | None = None,
         max_new_tokens: int = 256,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(f"{MODEL_NAME}: unknown model_args {sorted(kwargs)}")
+        try:
+            self.batch_size = int(batch_size)
+        except ValueError:
+            raise ValueError(f"{MODEL_NAME}: batch_size must be an integer, got {batch_size!r}") from None
         model, processor = load_model_and_processor(pretrained, device=device, dtype=dtype)
         self.answerer = BatchAnswerer(model, processor, GenerationSettings(max_new_tokens=int(max_new_tokens)))
-        self.batch_size = int(batch_size)
         self.pretrained = pretrained
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LlavaRemoteLmms":
+        """Build from `--model_args` plus the `batch_size`, `max_batch_size` and `device` lmms-eval adds.
+
+        lmms-eval always passes its own `--batch_size` (default 1) next to `--model_args`; the base class hands
+        both to `__init__`, which fails with "got multiple values for keyword argument" whenever `--model_args`
+        names one of them. Here a value written in `--model_args` wins over lmms-eval's option.
+        """
+        from lmms_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        for key, value in (additional_config or {}).items():
+            if value is not None:
+                args.setdefault(key, value)
+        return cls(**args)
 
     # lmms-eval passes (context, gen_kwargs, doc_to_visual, doc_id, task, split) per generate_until request.
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:

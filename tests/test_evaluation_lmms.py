@@ -113,3 +113,17 @@ def test_loglikelihood_of_the_greedy_continuation(lmms_model):
     (greedy_logprob, greedy_flag), (other_logprob, other_flag) = results
     assert greedy_flag is True and other_flag is False
     assert greedy_logprob < 0 and other_logprob < 0
+
+
+def test_the_guides_command_line_arguments_construct_the_model(tmp_path):
+    # lmms-eval's evaluator calls exactly this: `--model_args` plus its own --batch_size/--max_batch_size/--device.
+    from lmms_eval import models
+
+    folder = save_tiny_image_text_model(tmp_path / "model")
+    model_class = models.get_model("llava_remote")
+    model = model_class.create_from_arg_string(
+        f"pretrained={folder},batch_size=8", {"batch_size": 1, "max_batch_size": None, "device": "cpu"}
+    )
+    assert model.batch_size == 8  # --model_args wins over lmms-eval's default --batch_size
+    model = model_class.create_from_arg_string(f"pretrained={folder}", {"batch_size": "3", "device": "cpu"})
+    assert model.batch_size == 3
