@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.20 declares sub-configs with their defaults
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # the floor (5.16.1, what vLLM pins): `__post_init__` builds them as 5.16's own LLaVA does
+    SubConfigSpec = None
 
 #: Projector types: the paper's single linear layer W, LLaVA-1.5's MLPs, or no projection at all.
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
@@ -40,6 +44,37 @@ def projector_depth(projector_type: str) -> int:
     )
 
 
+#: Sub-config defaults (model type, init kwargs): CLIP ViT-L/14 at 224 px, the paper's encoder, and Llama.
+_SUB_CONFIG_DEFAULTS = {
+    "vision_config": (
+        "clip_vision_model",
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+            "projection_dim": 768,
+        },
+    ),
+    "text_config": ("llama", {}),
+}
+
+
+def _build_sub_configs(config: PreTrainedConfig) -> None:
+    """Turn dict/None sub-configs into config objects (what `SubConfigSpec` does on transformers >= 5.20)."""
+    from transformers import CONFIG_MAPPING
+
+    for key, (default_type, init_kwargs) in _SUB_CONFIG_DEFAULTS.items():
+        value = getattr(config, key)
+        if value is None:
+            value = {"model_type": default_type, **init_kwargs}
+        if isinstance(value, dict):
+            value = dict(value)
+            setattr(config, key, CONFIG_MAPPING[value.pop("model_type", default_type)](**value))
+
+
 class LlavaConfig(PreTrainedConfig):
     r"""
     Configuration of [`LlavaForCausalLM`]: a vision encoder, a projector and a causal language model.
@@ -68,22 +103,13 @@ class LlavaConfig(PreTrainedConfig):
     """
 
     model_type = "llava_remote"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "image_size": 224,
-                "patch_size": 14,
-                "projection_dim": 768,
-            },
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=model_type_, init_kwargs=init_kwargs)
+            for key, (model_type_, init_kwargs) in _SUB_CONFIG_DEFAULTS.items()
+        }
+    else:
+        sub_configs = {key: AutoConfig for key in _SUB_CONFIG_DEFAULTS}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -97,6 +123,8 @@ class LlavaConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # Derived, never stored: accept it from older config files only when it agrees.
         stored_seq_length = kwargs.pop("image_seq_length", None)
+        if SubConfigSpec is None:
+            _build_sub_configs(self)
         super().__post_init__(**kwargs)
         if isinstance(self.vision_feature_layer, tuple):
             self.vision_feature_layer = list(self.vision_feature_layer)
