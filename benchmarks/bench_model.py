@@ -176,7 +176,7 @@ def build_configs(sizes: Sizes) -> tuple[BuiltinLlavaConfig, LlavaConfig]:
         image_seq_length=sizes.image_seq_length,
         projector_hidden_act="gelu",
         vision_feature_layer=-2,
-        vision_feature_select_strategy="default",  # drops CLS, = our "patch"
+        vision_feature_select_strategy="default",  # drops CLS, as ours
     )
     ours = LlavaConfig(
         vision_config=vision_config.to_dict(),
@@ -184,7 +184,7 @@ def build_configs(sizes: Sizes) -> tuple[BuiltinLlavaConfig, LlavaConfig]:
         image_token_id=sizes.image_token_id,
         projector_type="mlp2x_gelu",
         vision_feature_layer=-2,
-        vision_feature_select_strategy="patch",
+        vision_feature_select_strategy="default",
     )
     for config in (builtin, ours):
         config._attn_implementation = "sdpa"  # the default of both; pinned so the comparison cannot drift

@@ -74,7 +74,8 @@ def projected_tokens(model_dir: Path, data_root: Path, split: str, scenes: int):
     drawn = read_scenes(data_root / split)[:scenes]
     images = [Image.open(data_root / split / "images" / f"{scene.id}.png").convert("RGB") for scene in drawn]
     with torch.no_grad():
-        projected = model.get_image_features(processor.image_processor(images, return_tensors="pt").pixel_values).float()
+        pixel_values = processor.image_processor(images, return_tensors="pt").pixel_values
+        projected = model.get_image_features(pixel_values).pooler_output.float()
     return model, processor, drawn, projected
 
 

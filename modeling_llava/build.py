@@ -97,8 +97,8 @@ def assemble_llava(
     image_token_id: int,
     projector_type: str = "linear",
     vision_feature_layer: int | list[int] = -2,
-    vision_feature_select_strategy: str = "patch",
-    projector_bias: bool = True,
+    vision_feature_select_strategy: str = "default",
+    multimodal_projector_bias: bool = True,
     projector_init: str = "normal",
 ) -> LlavaForCausalLM:
     """Wrap already-loaded parts into a [`LlavaForCausalLM`] with a freshly initialised projector.
@@ -111,10 +111,11 @@ def assemble_llava(
     """
     if projector_init not in PROJECTOR_INITS:
         raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
-    if projector_init == "embedding_mean" and (not projector_bias or projector_type == "identity"):
+    if projector_init == "embedding_mean" and (not multimodal_projector_bias or projector_type == "identity"):
         raise ValueError(
             "projector_init='embedding_mean' sets the projector's last bias; it needs a linear/mlp projector with "
-            f"projector_bias=True (got projector_type={projector_type!r}, projector_bias={projector_bias})"
+            f"multimodal_projector_bias=True (got projector_type={projector_type!r}, "
+            f"multimodal_projector_bias={multimodal_projector_bias})"
         )
     text_config = language_model.config
     if image_token_id >= language_model.get_input_embeddings().weight.shape[0]:
@@ -129,7 +130,7 @@ def assemble_llava(
         projector_type=projector_type,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
-        projector_bias=projector_bias,
+        multimodal_projector_bias=multimodal_projector_bias,
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
     )
     dtype = language_model.get_input_embeddings().weight.dtype
@@ -178,7 +179,7 @@ def build_llava(
     language: str | Path,
     projector_type: str = "linear",
     vision_feature_layer: int | list[int] = -2,
-    vision_feature_select_strategy: str = "patch",
+    vision_feature_select_strategy: str = "default",
     chat_template: str | None = None,
     image_aspect_mode: str = "resize",
     dtype: torch.dtype | None = None,
@@ -191,7 +192,7 @@ def build_llava(
         language: causal-LM checkpoint (Hub id, folder or `.gguf` file), e.g. `lmsys/vicuna-7b-v1.5`.
         projector_type: `linear` (paper), `mlp2x_gelu` (LLaVA-1.5), `mlp<N>x_gelu` or `identity`.
         vision_feature_layer: encoder hidden state(s) used as features (-2: before the last layer).
-        vision_feature_select_strategy: `patch` (drop CLS) or `cls_patch`.
+        vision_feature_select_strategy: `default` (drop CLS) or `full` (keep it).
         chat_template: a template name from `processing.templates` or a Jinja string; default: the
             language model's own template made image-aware when it has one, else the paper's.
         image_aspect_mode: `resize` (the image processor's own resize/crop) or `pad` (LLaVA-1.5).

@@ -30,8 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Vision hidden state(s) used as features; several are concatenated. Default: -2 (before the last layer).",
     )
     parser.add_argument(
-        "--vision-feature-select-strategy", choices=["patch", "cls_patch"], default="patch",
-        help="patch: drop the CLS token (default); cls_patch: keep it.",
+        "--vision-feature-select-strategy", choices=["default", "full"], default="default",
+        help="default: drop the CLS token; full: keep it (transformers' names for LLaVA's patch / cls_patch).",
     )
     parser.add_argument(
         "--chat-template", default=None,

@@ -7,14 +7,18 @@ import re
 
 from transformers import AutoConfig, PreTrainedConfig
 
-try:  # transformers >= 5.20 declares sub-configs with their defaults
+try:  # transformers newer than 5.19 declares sub-configs with their defaults
     from transformers.configuration_utils import SubConfigSpec
 except ImportError:  # the floor (5.16.1, what vLLM pins): `__post_init__` builds them as 5.16's own LLaVA does
     SubConfigSpec = None
 
 #: Projector types: the paper's single linear layer W, LLaVA-1.5's MLPs, or no projection at all.
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
-VISION_FEATURE_SELECT_STRATEGIES = ("patch", "cls_patch")
+VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+#: Names older config files (and the original LLaVA's `mm_vision_select_feature`) use for the same strategies.
+LEGACY_SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
+#: Fields this config once named differently from transformers' built-in `LlavaConfig`: old name -> current name.
+LEGACY_FIELD_NAMES = {"projector_bias": "multimodal_projector_bias"}
 #: AutoModel maps to the generating model (not the bare backbone) so that
 #: `AutoModel.from_pretrained(repo, trust_remote_code=True).generate(...)` works, as users expect of this repo.
 AUTO_MAP = {
@@ -63,7 +67,7 @@ _SUB_CONFIG_DEFAULTS = {
 
 
 def _build_sub_configs(config: PreTrainedConfig) -> None:
-    """Turn dict/None sub-configs into config objects (what `SubConfigSpec` does on transformers >= 5.20)."""
+    """Turn dict/None sub-configs into config objects (what `SubConfigSpec` does on transformers newer than 5.19)."""
     from transformers import CONFIG_MAPPING
 
     for key, (default_type, init_kwargs) in _SUB_CONFIG_DEFAULTS.items():
@@ -91,18 +95,23 @@ class LlavaConfig(PreTrainedConfig):
             Hidden state(s) of the vision encoder used as image features, indexed like `hidden_states`
             (0 = embeddings, -1 = last layer). The paper's best: -2, the layer before the last. A list
             concatenates several layers along the channel dimension.
-        vision_feature_select_strategy (`str`, *optional*, defaults to `"patch"`):
-            `"patch"` drops the CLS token (when the encoder has one), `"cls_patch"` keeps it.
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+            `"default"` drops the CLS token (when the encoder has one), `"full"` keeps every token. The names are
+            transformers' (the built-in `LlavaConfig`'s); older files' `"patch"` / `"cls_patch"` are read as
+            `"default"` / `"full"`. Unlike the built-in, `"default"` drops nothing from an encoder without a CLS
+            token (SigLIP), where the built-in would drop a real patch.
         projector_type (`str`, *optional*, defaults to `"linear"`):
             `"linear"` (the paper's H_v = W · Z_v), `"mlp<N>x_gelu"` (LLaVA-1.5 uses `"mlp2x_gelu"`) or
             `"identity"` (vision width must equal text width).
-        projector_bias (`bool`, *optional*, defaults to `True`):
-            Whether the projector's linear layers have a bias.
+        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+            Whether the projector's linear layers have a bias (older files' `projector_bias` is read as this).
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Tie `lm_head` to the input embeddings; inherited from `text_config` when it ties them.
     """
 
     model_type = "llava_remote"
+    # transformers' built-in LlavaConfig stores `image_token_index`; both names read the same field.
+    attribute_map = {"image_token_index": "image_token_id"}
     if SubConfigSpec is not None:
         sub_configs_defaults = {
             key: SubConfigSpec(config_class=AutoConfig, model_type=model_type_, init_kwargs=init_kwargs)
@@ -115,9 +124,9 @@ class LlavaConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     vision_feature_layer: int | list[int] = -2
-    vision_feature_select_strategy: str = "patch"
+    vision_feature_select_strategy: str = "default"
     projector_type: str = "linear"
-    projector_bias: bool = True
+    multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -125,6 +134,13 @@ class LlavaConfig(PreTrainedConfig):
         stored_seq_length = kwargs.pop("image_seq_length", None)
         if SubConfigSpec is None:
             _build_sub_configs(self)
+        # Old names of renamed fields: config.json files written before the rename must still load.
+        for old_name, name in LEGACY_FIELD_NAMES.items():
+            if old_name in kwargs:
+                setattr(self, name, kwargs.pop(old_name))
+        self.vision_feature_select_strategy = LEGACY_SELECT_STRATEGIES.get(
+            self.vision_feature_select_strategy, self.vision_feature_select_strategy
+        )
         super().__post_init__(**kwargs)
         if isinstance(self.vision_feature_layer, tuple):
             self.vision_feature_layer = list(self.vision_feature_layer)
@@ -167,12 +183,12 @@ class LlavaConfig(PreTrainedConfig):
 
     @property
     def image_seq_length(self) -> int:
-        """Number of image tokens one image becomes: grid patches, plus CLS under `cls_patch`."""
+        """Number of image tokens one image becomes: grid patches, plus CLS under `full`."""
         grid = self.vision_config.image_size // self.vision_config.patch_size
-        keeps_cls = self.vision_feature_select_strategy == "cls_patch" and self.vision_has_cls_token
+        keeps_cls = self.vision_feature_select_strategy == "full" and self.vision_has_cls_token
         return grid * grid + int(keeps_cls)
 
 
 LlavaConfig.register_for_auto_class()  # save_pretrained copies this file next to config.json
 
-__all__ = ["LlavaConfig", "projector_depth", "AUTO_MAP"]
+__all__ = ["LlavaConfig", "projector_depth", "AUTO_MAP", "LEGACY_SELECT_STRATEGIES"]

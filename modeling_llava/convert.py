@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_llava import LlavaConfig, projector_depth
+from .configuration_llava import VISION_FEATURE_SELECT_STRATEGIES, LlavaConfig, projector_depth
 
 # ------------------------------------------------------------------------------------------------
 # llava-hf
@@ -35,8 +35,6 @@ _LEGACY_LLAVA_HF_RENAMES = (
     (re.compile(r"^vision_tower\."), "model.vision_tower."),
     (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
 )
-_SELECT_STRATEGY_FROM_HF = {"default": "patch", "full": "cls_patch"}
-_SELECT_STRATEGY_TO_HF = {value: key for key, value in _SELECT_STRATEGY_FROM_HF.items()}
 
 
 def rename_llava_hf_key(key: str) -> str:
@@ -90,13 +88,12 @@ def config_from_llava_hf(hf_config, state_dict: Mapping[str, torch.Tensor] | Non
                 )
     else:
         raise ValueError(f"llava-hf projector_hidden_act={act!r} has no equivalent here (supported: gelu, linear).")
-    strategy = hf.get("vision_feature_select_strategy", "default")
-    if strategy not in _SELECT_STRATEGY_FROM_HF:
-        raise ValueError(f"Unknown llava-hf vision_feature_select_strategy {strategy!r}.")
-    select_strategy = _SELECT_STRATEGY_FROM_HF[strategy]
+    select_strategy = hf.get("vision_feature_select_strategy", "default")
+    if select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+        raise ValueError(f"Unknown llava-hf vision_feature_select_strategy {select_strategy!r}.")
     vision_type = (hf["vision_config"] if isinstance(hf["vision_config"], dict) else hf["vision_config"].to_dict())["model_type"]
     if "siglip" in vision_type:
-        select_strategy = "patch"  # no CLS token: llava-hf's "full" keeps every (patch) token
+        select_strategy = "default"  # no CLS token: llava-hf's "full" keeps every (patch) token, as our "default"
     return LlavaConfig(
         vision_config=hf["vision_config"],
         text_config=hf["text_config"],
@@ -104,7 +101,7 @@ def config_from_llava_hf(hf_config, state_dict: Mapping[str, torch.Tensor] | Non
         vision_feature_layer=hf.get("vision_feature_layer", -2),
         vision_feature_select_strategy=select_strategy,
         projector_type=projector_type,
-        projector_bias=hf.get("multimodal_projector_bias", True),
+        multimodal_projector_bias=hf.get("multimodal_projector_bias", True),
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
     )
 
@@ -141,10 +138,10 @@ def config_to_llava_hf(config: LlavaConfig):
         vision_feature_layer=config.vision_feature_layer,
         # llava-hf's "default" drops the first token; without a CLS token (SigLIP) nothing may be dropped.
         vision_feature_select_strategy=(
-            _SELECT_STRATEGY_TO_HF[config.vision_feature_select_strategy] if config.vision_has_cls_token else "full"
+            config.vision_feature_select_strategy if config.vision_has_cls_token else "full"
         ),
         projector_hidden_act="gelu" if depth == 2 else "linear",
-        multimodal_projector_bias=config.projector_bias,
+        multimodal_projector_bias=config.multimodal_projector_bias,
         tie_word_embeddings=config.tie_word_embeddings,
     )
 
@@ -164,7 +161,7 @@ def state_dict_to_llava_hf(state_dict: Mapping[str, torch.Tensor], config: Llava
         converted[prefix + "linear_1.weight"] = eye.clone()
     if depth <= 1:
         converted[prefix + "linear_2.weight"] = eye.clone()
-        if config.projector_bias:
+        if config.multimodal_projector_bias:
             converted.setdefault(prefix + "linear_1.bias", zeros.clone())
             converted[prefix + "linear_2.bias"] = zeros.clone()
     return converted

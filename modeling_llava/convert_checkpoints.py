@@ -186,6 +186,7 @@ def from_original(
         text_config=text_config_from_original(original),
         image_token_id=image_token_id,
         vision_feature_layer=original.get("mm_vision_select_layer", -2),
+        # The original's `mm_vision_select_feature` names ("patch", "cls_patch"); LlavaConfig reads them.
         vision_feature_select_strategy=original.get("mm_vision_select_feature", "patch"),
         projector_type=original_projector_type(original),
     )

@@ -12,30 +12,47 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_llava import LlavaConfig, projector_depth
 
 
+logger = logging.get_logger(__name__)
+
+
+class _DeprecatedImageHiddenStates:
+    """`image_hidden_states`, the transformers 4 name of `image_outputs.pooler_output` (as the built-in keeps it)."""
+
+    @property
+    def image_hidden_states(self) -> torch.Tensor | None:
+        logger.warning_once("`image_hidden_states` is deprecated; use `outputs.image_outputs.pooler_output`.")
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
 @dataclass
-class LlavaModelOutputWithPast(BaseModelOutputWithPast):
+class LlavaModelOutputWithPast(_DeprecatedImageHiddenStates, MultimodalBaseModelOutputWithPast):
     r"""
-    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
-        Projected image features that replaced the image tokens.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        What [`LlavaModel.get_image_features`] returned for this forward's images; its `pooler_output`
+        `(num_images, image_seq_length, hidden_size)` holds the projected features that replaced the image tokens.
     """
 
-    image_hidden_states: torch.FloatTensor | None = None
-
 
 @dataclass
-class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+class LlavaCausalLMOutputWithPast(_DeprecatedImageHiddenStates, MultimodalCausalLMOutputWithPast):
     r"""
-    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
-        Projected image features that replaced the image tokens.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        What [`LlavaModel.get_image_features`] returned for this forward's images; its `pooler_output`
+        `(num_images, image_seq_length, hidden_size)` holds the projected features that replaced the image tokens.
     """
-
-    image_hidden_states: torch.FloatTensor | None = None
 
 
 class LlavaMultiModalProjector(nn.Module):
@@ -51,7 +68,7 @@ class LlavaMultiModalProjector(nn.Module):
         self.depth = projector_depth(config.projector_type)
         in_features, out_features = config.vision_feature_dim, config.text_config.hidden_size
         for index in range(1, self.depth + 1):
-            layer = nn.Linear(in_features if index == 1 else out_features, out_features, bias=config.projector_bias)
+            layer = nn.Linear(in_features if index == 1 else out_features, out_features, bias=config.multimodal_projector_bias)
             self.add_module(f"linear_{index}", layer)
         self.act = ACT2FN["gelu"]
 
@@ -133,52 +150,90 @@ class LlavaModel(LlavaPreTrainedModel):
                 "model's own processor."
             )
 
-    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Selected vision hidden states, before the projector: `(num_images, image_seq_length, vision_feature_dim)`.
+    def _run_vision_tower(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """The selected features (before the projector) and the tower's outputs.
 
-        Runs the encoder only up to the deepest selected layer: with the paper's default (-2) the last
-        layer is never computed. CLIP and SigLIP are run layer by layer; other encoders fall back to
-        a full forward with `output_hidden_states`.
+        Runs the encoder only up to the deepest selected layer: with the paper's default (-2) the last layer is
+        never computed. CLIP and SigLIP are run layer by layer; when the caller asks for the tower's hidden states
+        or attentions (or the encoder is of another kind) the tower runs whole, with `output_hidden_states`.
+        Either way `last_hidden_state` is the encoder state at the deepest selected layer (every token, CLS
+        included), so it does not depend on what else was asked for.
         """
         self._check_pixel_values(pixel_values)
         tower = self.vision_tower
         pixel_values = pixel_values.to(dtype=tower.dtype)
         wanted = self.config.vision_feature_layers
+        deepest = self.vision_layers_used()
         encoder_layers = getattr(getattr(tower, "encoder", None), "layers", None)
-        if hasattr(tower, "embeddings") and isinstance(encoder_layers, nn.ModuleList):
-            hidden_states = tower.embeddings(pixel_values)
+        layer_by_layer = hasattr(tower, "embeddings") and isinstance(encoder_layers, nn.ModuleList)
+        hidden_states = attentions = None
+        if layer_by_layer and not (output_hidden_states or output_attentions):
+            states = tower.embeddings(pixel_values)
             if hasattr(tower, "pre_layrnorm"):  # CLIP normalises before the encoder; SigLIP does not
-                hidden_states = tower.pre_layrnorm(hidden_states)
-            collected = [hidden_states]
-            for layer in encoder_layers[: self.vision_layers_used()]:
-                hidden_states = layer(hidden_states, None)
-                if isinstance(hidden_states, tuple):
-                    hidden_states = hidden_states[0]
-                collected.append(hidden_states)
-            total = len(encoder_layers) + 1
-            selected = [collected[layer if layer >= 0 else total + layer] for layer in wanted]
+                states = tower.pre_layrnorm(states)
+            collected = [states]
+            for layer in encoder_layers[:deepest]:
+                states = layer(states, None)
+                if isinstance(states, tuple):
+                    states = states[0]
+                collected.append(states)
         else:
-            outputs = tower(pixel_values, output_hidden_states=True, return_dict=True)
-            selected = [outputs.hidden_states[layer] for layer in wanted]
-        if self.config.vision_feature_select_strategy == "patch" and self.config.vision_has_cls_token:
+            outputs = tower(
+                pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
+            )
+            collected = list(outputs.hidden_states)
+            hidden_states = outputs.hidden_states if output_hidden_states else None
+            attentions = outputs.attentions if output_attentions else None
+        total = self._num_vision_layers() + 1
+        selected = [collected[layer if layer >= 0 else total + layer] for layer in wanted]
+        if self.config.vision_feature_select_strategy == "default" and self.config.vision_has_cls_token:
             selected = [states[:, 1:] for states in selected]
-        return torch.cat(selected, dim=-1)
+        tower_outputs = BaseModelOutputWithPooling(
+            last_hidden_state=collected[deepest], hidden_states=hidden_states, attentions=attentions
+        )
+        return torch.cat(selected, dim=-1), tower_outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features `(num_images, image_seq_length, text_hidden_size)`."""
-        return self.multi_modal_projector(self.get_vision_features(pixel_values))
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Selected vision hidden states, before the projector: `(num_images, image_seq_length, vision_feature_dim)`.
+
+        The plain-tensor input of the projector, which the stage-1 feature cache stores (and passes back to
+        `forward` as `vision_features`).
+        """
+        return self._run_vision_tower(pixel_values)[0]
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""
+        Encodes and projects images, transformers' multimodal contract.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
+                Images as this model's processor prepares them.
+
+        Returns:
+            [`BaseModelOutputWithPooling`]: `pooler_output` holds the projected image features
+            `(num_images, image_seq_length, text_hidden_size)` (one entry per image, what replaces its image
+            tokens); `last_hidden_state` the encoder state at the deepest selected layer; `hidden_states` /
+            `attentions` the whole tower's, when asked for (in `kwargs` or the vision config).
+        """
+        vision_config = self.config.vision_config
+        output_hidden_states = kwargs.get("output_hidden_states")
+        output_attentions = kwargs.get("output_attentions")
+        output_hidden_states = vision_config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = vision_config.output_attentions if output_attentions is None else output_attentions
+        features, outputs = self._run_vision_tower(pixel_values, bool(output_hidden_states), bool(output_attentions))
+        outputs.pooler_output = self.multi_modal_projector(features)
+        return outputs
 
     def merge_image_features(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
         """Write `image_features` into `inputs_embeds` at the image-token positions, in reading order."""
-        if input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
-        else:
-            image_embedding = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-            )
-            image_mask = (inputs_embeds == image_embedding).all(-1)
+        image_mask = self._image_token_mask(input_ids, inputs_embeds)
         num_tokens = int(image_mask.sum())
         num_features = image_features.shape[0] * image_features.shape[1]
         if num_tokens != num_features:
@@ -190,6 +245,15 @@ class LlavaModel(LlavaPreTrainedModel):
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features.reshape(-1, inputs_embeds.shape[-1]))
 
+    def _image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -201,8 +265,8 @@ class LlavaModel(LlavaPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         vision_features: torch.FloatTensor | None = None,
-        **kwargs,
-    ) -> LlavaModelOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | LlavaModelOutputWithPast:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`, *optional*):
             Images, in the order their `<image>` placeholders appear in the batch.
@@ -217,27 +281,37 @@ class LlavaModel(LlavaPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = None
+        image_outputs = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
+            image_outputs = self.get_image_features(
+                pixel_values,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+                return_dict=True,
+            )
         elif vision_features is not None:
-            image_features = self.multi_modal_projector(vision_features.to(self.multi_modal_projector_dtype))
-        if image_features is not None:
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            # Catch the classic bug early: image tokens in the prompt but no image given.
-            num_tokens = int((input_ids == self.config.image_token_id).sum())
-            if num_tokens:
-                raise ValueError(
-                    f"The text has {num_tokens} image tokens but no pixel_values (0 image features) were given."
-                )
-        if image_features is None and self.training and _every_rank_must_run_every_module():
+            projected = self.multi_modal_projector(vision_features.to(self.multi_modal_projector_dtype))
+            image_outputs = BaseModelOutputWithPooling(pooler_output=projected)
+        if image_outputs is not None:
+            # Images given: every image token gets exactly one feature, or a clear error.
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_outputs.pooler_output)
+        elif self.training and self._image_token_mask(input_ids, inputs_embeds).any():
+            # No images: at inference the image tokens are ordinary tokens, as transformers' contract has it
+            # (assisted decoding and text-only passes over a prompt that holds them rely on it). A training batch
+            # is different: image tokens without their images there mean the images were lost on the way (a
+            # dropped column, a collator bug), and training on placeholder embeddings would fail silently.
+            num_tokens = int(self._image_token_mask(input_ids, inputs_embeds).sum())
+            raise ValueError(
+                f"This training batch has {num_tokens} image tokens but no pixel_values or vision_features "
+                "(0 image features): pass the images that belong to its <image> placeholders."
+            )
+        if image_outputs is None and self.training and _every_rank_must_run_every_module():
             # A text-only batch on one rank while the others have images: under ZeRO-3/FSDP the tower's and the
             # projector's parameters are gathered collectively (the job hangs), under DDP the projector's gradient
             # is missing on this rank (the reduction fails). Run them on one blank image and add the result times
             # zero: the same modules on every rank, the same loss, zero gradients from this batch.
             blank = torch.zeros((1, *self.expected_pixel_shape()), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
-            inputs_embeds = inputs_embeds + 0.0 * self.get_image_features(blank).sum()
+            inputs_embeds = inputs_embeds + 0.0 * self.multi_modal_projector(self.get_vision_features(blank)).sum()
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -245,6 +319,7 @@ class LlavaModel(LlavaPreTrainedModel):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return LlavaModelOutputWithPast(
@@ -252,7 +327,7 @@ class LlavaModel(LlavaPreTrainedModel):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_outputs,
         )
 
     @property
@@ -285,10 +360,13 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features `(num_images, image_seq_length, text_hidden_size)`."""
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
+        """See [`LlavaModel.get_image_features`]: `pooler_output` holds the projected image features."""
+        return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -302,8 +380,8 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         vision_features: torch.FloatTensor | None = None,
-        **kwargs,
-    ) -> LlavaCausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | LlavaCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids` (shifted inside the loss); -100 is ignored. The
@@ -320,6 +398,7 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             vision_features=vision_features,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -340,7 +419,7 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

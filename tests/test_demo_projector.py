@@ -51,7 +51,7 @@ def decoded_objects(model, tokenizer, coco_dir) -> float:
     pixels = image_processor()(images=[Image.open(coco_dir / "images" / f"{s.id}.png").convert("RGB") for s in scenes],
                                return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        tokens = model.model.get_image_features(pixels).double()
+        tokens = model.model.get_image_features(pixels).pooler_output.double()
     combinations = list(itertools.product(COLORS, SHAPES))
     right = total = 0
     for scene, image_tokens in zip(scenes, tokens):

@@ -19,7 +19,7 @@ def prompt(text_ids: list[int], image_first: bool = True) -> list[int]:
 
 def test_image_seq_length_is_derived_from_vision_config():
     assert tiny_llava_config().image_seq_length == 25
-    assert tiny_llava_config(vision_feature_select_strategy="cls_patch").image_seq_length == 26
+    assert tiny_llava_config(vision_feature_select_strategy="full").image_seq_length == 26
     with pytest.raises(ValueError, match="image_seq_length=576"):
         tiny_llava_config(image_seq_length=576)
 
@@ -66,7 +66,7 @@ def test_several_images_in_one_sample_and_text_only_samples():
     model = tiny_llava_model()
     ids = [1, 5] + [TINY_IMAGE_TOKEN_ID] * N_IMG + [6] + [TINY_IMAGE_TOKEN_ID] * N_IMG + [7]
     out = model(input_ids=torch.tensor([ids]), pixel_values=torch.randn(2, 3, 30, 30))
-    assert out.image_hidden_states.shape == (2, N_IMG, 48)
+    assert out.image_outputs.pooler_output.shape == (2, N_IMG, 48)
     text_only = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
     assert text_only.logits.shape == (1, 4, 128)
 
@@ -76,8 +76,20 @@ def test_token_feature_mismatch_names_both_numbers():
     ids = torch.tensor([[1] + [TINY_IMAGE_TOKEN_ID] * 20 + [5]])
     with pytest.raises(ValueError, match=r"20 image tokens.*25 features"):
         model(input_ids=ids, pixel_values=torch.randn(1, 3, 30, 30))
-    with pytest.raises(ValueError, match=r"25 image tokens but no pixel_values"):
+    # Image tokens without images in a training forward: the images were lost on the way.
+    model.train()
+    with pytest.raises(ValueError, match=r"training batch has 25 image tokens but no pixel_values"):
         model(input_ids=torch.tensor([prompt([5])]))
+
+
+def test_image_tokens_without_images_are_ordinary_tokens_at_inference():
+    # transformers' contract (assisted decoding, text-only passes over an image prompt): no images, no merge.
+    model = tiny_llava_model()
+    ids = torch.tensor([prompt([5])])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        expected = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state)
+    torch.testing.assert_close(logits, expected)
 
 
 def test_wrong_pixel_size_is_a_clear_error():
@@ -100,7 +112,7 @@ def test_projector_types(projector_type, expected_linears):
     linears = [m for m in model.model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == expected_linears
     out = model(input_ids=torch.tensor([prompt([5])]), pixel_values=torch.randn(1, 3, 30, 30))
-    assert out.image_hidden_states.shape == (1, N_IMG, text.hidden_size)
+    assert out.image_outputs.pooler_output.shape == (1, N_IMG, text.hidden_size)
 
 
 def test_identity_projector_needs_equal_widths():
@@ -112,11 +124,11 @@ def test_siglip_vision_encoder_uses_all_patches():
     siglip = SiglipVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
     )
-    config = tiny_llava_config(vision_config=siglip.to_dict(), vision_feature_select_strategy="cls_patch")
+    config = tiny_llava_config(vision_config=siglip.to_dict(), vision_feature_select_strategy="full")
     assert config.image_seq_length == 25  # SigLIP has no CLS token to keep
     model = LlavaForCausalLM(config)
     out = model(input_ids=torch.tensor([prompt([5])]), pixel_values=torch.randn(1, 3, 30, 30))
-    assert out.image_hidden_states.shape == (1, 25, 48)
+    assert out.image_outputs.pooler_output.shape == (1, 25, 48)
 
 
 def test_gradient_checkpointing_gives_same_loss_and_gradients():

@@ -81,7 +81,7 @@ def test_vision_features_equal_builtin_selected_layer_and_skip_last_layer():
     last_layer = ours.model.vision_tower.encoder.layers[-1]
     handle = last_layer.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
-        ours_features = ours.model.get_image_features(pixel_values)
+        ours_features = ours.model.get_image_features(pixel_values).pooler_output
         builtin_features = torch.stack(
             builtin.model.get_image_features(pixel_values=pixel_values).pooler_output
         )
@@ -92,7 +92,7 @@ def test_vision_features_equal_builtin_selected_layer_and_skip_last_layer():
 
 
 @pytest.mark.parametrize("feature_layer", [[-2, -1], [0, 2]])
-def test_multi_layer_features_and_cls_patch_match_builtin(feature_layer):
+def test_multi_layer_features_match_builtin(feature_layer):
     builtin, ours = builtin_and_ours(vision_feature_layer=feature_layer)
     assert ours.config.vision_feature_layers == feature_layer
     input_ids, attention_mask, pixel_values = left_padded_batch(ours.config.image_seq_length)
@@ -103,9 +103,9 @@ def test_multi_layer_features_and_cls_patch_match_builtin(feature_layer):
     torch.testing.assert_close(actual[keep], expected[keep], atol=1e-4, rtol=0)
 
 
-def test_cls_patch_strategy_matches_builtin_full():
+def test_full_strategy_matches_builtin_full():
     builtin, ours = builtin_and_ours(vision_feature_select_strategy="full")
-    assert ours.config.vision_feature_select_strategy == "cls_patch"
+    assert ours.config.vision_feature_select_strategy == "full"
     assert ours.config.image_seq_length == 26
     input_ids, attention_mask, pixel_values = left_padded_batch(26)
     with torch.no_grad():
