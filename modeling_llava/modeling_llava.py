@@ -12,17 +12,30 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_llava import LlavaConfig, projector_depth
+
+
+try:  # transformers newer than 5.19: multimodal outputs (`image_outputs`), the KV cache named `cache`
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+except ImportError:  # the floor, 5.16.1 (what vLLM pins): the same `image_outputs` field on the plain outputs
+
+    @dataclass
+    class MultimodalBaseModelOutputWithPast(BaseModelOutputWithPast):
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+    @dataclass
+    class MultimodalCausalLMOutputWithPast(CausalLMOutputWithPast):
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+
+#: The KV cache's keyword and output field in this transformers: `cache`, or `past_key_values` up to 5.19.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 logger = logging.get_logger(__name__)
@@ -92,7 +105,7 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
 
 
@@ -316,15 +329,15 @@ class LlavaModel(LlavaPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_dict=True,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         return LlavaModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
@@ -416,7 +429,7 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
         return LlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
