@@ -19,11 +19,12 @@ VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 LEGACY_SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
 #: Fields this config once named differently from transformers' built-in `LlavaConfig`: old name -> current name.
 LEGACY_FIELD_NAMES = {"projector_bias": "multimodal_projector_bias"}
-#: AutoModel maps to the generating model (not the bare backbone) so that
-#: `AutoModel.from_pretrained(repo, trust_remote_code=True).generate(...)` works, as users expect of this repo.
+#: AutoModel names the backbone, as for transformers' own models: vLLM's transformers backend builds it with
+#: `AutoModel.from_config` and loads the checkpoint's `model.*` into it. `LlavaModel.from_pretrained` (what
+#: `AutoModel.from_pretrained` calls) still returns the generating `LlavaForCausalLM`, as users of this repo expect.
 AUTO_MAP = {
     "AutoConfig": "configuration_llava.LlavaConfig",
-    "AutoModel": "modeling_llava.LlavaForCausalLM",
+    "AutoModel": "modeling_llava.LlavaModel",
     "AutoModelForCausalLM": "modeling_llava.LlavaForCausalLM",
     "AutoModelForImageTextToText": "modeling_llava.LlavaForCausalLM",
 }

@@ -125,6 +125,19 @@ class LlavaModel(LlavaPreTrainedModel):
     output embeddings), so the image merge must live here, not in the head model.
     """
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A checkpoint loads as the generating [`LlavaForCausalLM`]: `AutoModel.from_pretrained(repo,
+        trust_remote_code=True).generate(...)` works, as it does for other remote-code VLMs.
+
+        `AutoModel` must name this backbone for `AutoModel.from_config` (vLLM's transformers backend builds the
+        backbone that way and loads `model.*` into it); the backbone of a checkpoint is
+        `LlavaForCausalLM.from_pretrained(repo).model`.
+        """
+        if cls is not LlavaModel:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return LlavaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
