@@ -29,6 +29,22 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_llava.LlavaForCausalLM",
 }
 
+#: `pipeline("image-to-text", model=FOLDER, trust_remote_code=True)` builds the captioning pipeline of
+#: `pipeline_llava.py` (transformers consults `custom_pipelines` before redirecting the task to
+#: image-text-to-text, which refuses an image without a prompt).
+#: The same class serves `image-text-to-text` (transformers' pipeline, without its "not supported" list).
+CUSTOM_PIPELINES = {
+    task: {"impl": "pipeline_llava.LlavaImageToTextPipeline", "pt": ["AutoModelForImageTextToText"], "tf": [],
+           "type": "multimodal"}
+    for task in ("image-to-text", "image-text-to-text")
+}
+
+
+def _ship_the_pipeline_file() -> None:
+    # Never called. `save_pretrained` copies the files this module imports relatively, and the Hub loader fetches
+    # them: this import is what puts pipeline_llava.py beside every model folder's weights.
+    from .pipeline_llava import LlavaImageToTextPipeline  # noqa: F401
+
 
 def projector_depth(projector_type: str) -> int:
     """Number of linear layers of a projector type (0 for `identity`).
@@ -160,6 +176,7 @@ class LlavaConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
         # One map for every entry point users reach for (register_for_auto_class keeps only one per class).
         self.auto_map = {**AUTO_MAP, **(self.auto_map or {})} if hasattr(self, "auto_map") else dict(AUTO_MAP)
+        self.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(self, "custom_pipelines", None) or {})}
         if stored_seq_length is not None and int(stored_seq_length) != self.image_seq_length:
             raise ValueError(
                 f"config has image_seq_length={stored_seq_length} but its vision config yields "
