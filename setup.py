@@ -37,6 +37,9 @@ EXTRAS = {
         # Web demo and its browser test (Playwright drives Debian's chromium; it downloads no browser).
         "gradio>=5",
         "playwright>=1.40",
+        # transformers' own common tests (tests/test_transformers_common.py) import them.
+        "parameterized>=0.9",
+        "httpx>=0.27",
     ],
 }
 

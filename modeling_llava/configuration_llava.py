@@ -1,3 +1,4 @@
+# Copyright 2026 The LLaVA-transformers authors. Licensed under the Apache License, Version 2.0.
 # Remote code: this file is copied next to the weights on the Hub. It imports only transformers.
 """Configuration of the LLaVA model (Liu et al., "Visual Instruction Tuning", 2023)."""
 

@@ -1,3 +1,4 @@
+# Copyright 2026 The LLaVA-transformers authors. Licensed under the Apache License, Version 2.0.
 # Remote code: this file is copied next to the weights on the Hub. It imports only torch, transformers
 # and its sibling `configuration_llava.py`.
 """PyTorch LLaVA: a vision encoder, a projector H_v = W · Z_v and a causal language model."""
@@ -107,6 +108,20 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _skip_keys_device_placement = [CACHE_NAME]
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        # transformers hands the top model's "custom code" flag down to every sub-model, and for custom code it
+        # skips each module whose own parameters are all initialised -- which includes every module with no
+        # parameters of its own, such as CLIPAttention, whose `_init_weights` is what sets q/k/v/out_proj. On the
+        # meta device (a checkpoint missing the tower, `from_pretrained(..., state_dict={})`) the tower's linears
+        # would then get the generic init instead of CLIP's. So let each built-in sub-model (vision tower, language
+        # model) initialise itself first, as it does when loaded alone; that skips loaded weights and marks its
+        # modules done, and the pass below initialises what is ours (the projector, the head).
+        for module in self.modules():
+            if module is not self and isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
 
 
 def _every_rank_must_run_every_module() -> bool:

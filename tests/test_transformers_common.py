@@ -195,6 +195,7 @@ def expects_call(owner: type, method: str, with_argument: str | None = None):
             original = getattr(owner, method)
             calls = []
 
+            @functools.wraps(original)  # the tests read the signature (e.g. "labels" in forward's parameters)
             def spy(model, *call_args, **call_kwargs):
                 if type(model) is owner and (with_argument is None or call_kwargs.get(with_argument) is not None):
                     calls.append(1)
