@@ -377,11 +377,37 @@ class LlavaModel(LlavaPreTrainedModel):
         return parameter.dtype if parameter is not None else self.language_model.dtype
 
 
+def mask_image_token_labels(labels: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """`labels` with every image-token target set to -100: an image placeholder is never a prediction target,
+    whatever the collator wrote (transformers' built-in LLaVA trains on them when the labels say so)."""
+    return labels.masked_fill(labels == image_token_id, -100)
+
+
+def _masking_image_token_labels(forward, image_token_id: int):
+    import functools
+
+    @functools.wraps(forward)
+    def masked_forward(*args, labels=None, **kwargs):
+        if labels is not None:
+            kwargs["labels"] = mask_image_token_labels(labels, image_token_id)
+        return forward(*args, **kwargs)
+
+    return masked_forward
+
+
 class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
     """LLaVA with a language-modelling head: the model users load, train and generate with."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __setattr__(self, name: str, value) -> None:
+        # TRL's SFTTrainer replaces `forward` with a fused LM head that computes the loss from `labels` itself,
+        # without calling the forward below; the replacement is wrapped so that it, too, never supervises image
+        # tokens (TRL's default vision collator labels all of them).
+        if name == "forward" and callable(value):
+            value = _masking_image_token_labels(value, self.config.image_token_id)
+        super().__setattr__(name, value)
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -451,6 +477,7 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            labels = mask_image_token_labels(labels, self.config.image_token_id)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
@@ -475,4 +502,14 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
 # save_pretrained copies this file (and configuration_llava.py) next to the weights.
 LlavaForCausalLM.register_for_auto_class("AutoModelForImageTextToText")
 
-__all__ = ["LlavaForCausalLM", "LlavaModel", "LlavaPreTrainedModel", "LlavaMultiModalProjector"]
+#: LoRA targets of the language model only, as LLaVA's LoRA trains it: CLIP's and SigLIP's attention layers share
+#: Llama's names (`q_proj`, ...), so a plain name list would put adapters in the vision tower too.
+LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+try:  # offered where PEFT looks up a model type's default targets (`LoraConfig()`, `trl sft --use_peft`)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+except ImportError:  # PEFT is optional for loading and running this model
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING = {}
+TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault(LlavaConfig.model_type, LORA_TARGET_MODULES)
+
+__all__ = ["LlavaForCausalLM", "LlavaModel", "LlavaPreTrainedModel", "LlavaMultiModalProjector", "LORA_TARGET_MODULES"]
