@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -123,9 +124,12 @@ def transformers_reference(ours: Path, export: Path, image_path: Path, max_new_t
     return result
 
 
-def last_lines(text: str, count: int = 6) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "\n      ".join(lines[-count:])
+def last_lines(text: str, count: int = 2) -> str:
+    """The root cause (the last `SomethingError: ...` line that is not vLLM's wrapper) and the last lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.search(r"\b\w*(Error|Exception): ", line) and "WorkerProc" not in line
+              and "initialization failed" not in line]
+    return "\n      ".join(causes[-1:] + lines[-count:])
 
 
 def run_offline(vllm_python: str, request: dict, workdir: Path, timeout: float) -> tuple[list[int] | None, str]:
