@@ -128,7 +128,10 @@ def test_config_json_declares_all_auto_classes(saved_model):
     folder, _ = saved_model
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_llava.LlavaConfig"
-    for name in AUTO_CLASSES:
+    # AutoModel names the backbone (vLLM builds it with AutoModel.from_config); its from_pretrained gives the
+    # generating model (tests/test_remote_code_clients.py).
+    assert auto_map["AutoModel"] == "modeling_llava.LlavaModel"
+    for name in AUTO_CLASSES[1:]:
         assert auto_map[name] == "modeling_llava.LlavaForCausalLM"
 
 
