@@ -24,7 +24,9 @@ What it does:
 
 Cases: `export-native` (vLLM's own LLaVA), `export-transformers` (`--model-impl transformers`), `remote-code`
 (our folder, `trust_remote_code=True`, `--model-impl transformers`). Exit status 0 when every case gave
-identical tokens; a case that fails prints vLLM's last error lines.
+identical tokens, except that vLLM's own LLaVA refusing a `linear` projector's export with its known message
+(`Activation function 'linear' is not supported`) counts as the documented limit; a case that fails prints
+vLLM's root-cause error line.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is in this picture?"
 CASES = ("export-native", "export-transformers", "remote-code")
+KNOWN_NATIVE_REFUSAL = "Activation function 'linear' is not supported"
 VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -265,10 +268,16 @@ def main(argv: list[str]) -> int:
             tokens, error = run_offline(args.vllm_python, request, workdir, args.timeout)
             expected = reference["ours"]["tokens"]
             verdict = "IDENTICAL" if tokens == expected else ("DIFFERENT " + str(tokens) if tokens else "FAILED")
+            # The documented limit (docs/user_guide.md, "Serving with vLLM"): vLLM's own LLaVA has no identity
+            # activation, which the exact llava-hf form of a linear/identity projector needs.
+            known_refusal = (case == "export-native" and projector_type != "mlp2x_gelu" and tokens is None
+                             and KNOWN_NATIVE_REFUSAL in error)
+            if known_refusal:
+                verdict = "REFUSED, as documented"
             print(f"  {case:20s} offline LLM: {verdict} ({time.monotonic() - started:.0f} s)")
             if error:
                 print("      " + error)
-            all_ok &= tokens == expected
+            all_ok &= tokens == expected or known_refusal
             if args.no_server or tokens is None:
                 continue
             started = time.monotonic()

@@ -30,8 +30,8 @@ _CARD_TEMPLATE = """---
 
 LLaVA ("Visual Instruction Tuning", Liu et al. 2023): a vision encoder, a projector into the word
 embedding space and a causal language model. The model ships as *remote code*
-(`configuration_llava.py`, `modeling_llava.py`, `processing_llava.py` beside the weights), so load
-it with `trust_remote_code=True`.
+(`configuration_llava.py`, `modeling_llava.py`, `processing_llava.py` and the captioning pipeline
+`pipeline_llava.py` beside the weights), so load it with `trust_remote_code=True`.
 
 {% if base_models %}## Base models
 

@@ -22,7 +22,7 @@ from hub_upload.preflight import run_preflight
 from share_fixtures import save_tiny_training_output, tiny_processor
 
 BASE_IDS = ["openai/clip-vit-large-patch14", "HuggingFaceTB/SmolLM2-135M-Instruct"]
-REQUIRED_FILES = ["modeling_llava.py", "configuration_llava.py", "processing_llava.py",
+REQUIRED_FILES = ["modeling_llava.py", "configuration_llava.py", "processing_llava.py", "pipeline_llava.py",
                   "processor_config.json", "chat_template.jinja"]
 
 
