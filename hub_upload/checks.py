@@ -181,6 +181,9 @@ def check_export_folder(folder: str | Path) -> list[Problem]:
                             "without this folder's remote code; use the remote model_type")
                 )
             python_files |= _auto_map_modules(auto_map, "config.json", problems)
+            # `pipeline()` imports a custom pipeline's module from the repo, like an auto_map entry.
+            pipelines = {task: spec.get("impl") for task, spec in (config.get("custom_pipelines") or {}).items()}
+            python_files |= _auto_map_modules(pipelines, "config.json custom_pipelines", problems)
         if not (folder / "generation_config.json").is_file():
             problems.append(Problem("generation_config.json", "required file is missing"))
         _check_weights(folder, problems)
