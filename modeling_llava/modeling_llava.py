@@ -3,8 +3,8 @@
 # and its sibling `configuration_llava.py`.
 """PyTorch LLaVA: a vision encoder, a projector H_v = W · Z_v and a causal language model."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: transformers reads the `Unpack[TransformersKwargs]` annotation of
+# `forward` at run time (e.g. to know that the model can return attentions).
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +15,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -106,6 +106,7 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # no data-dependent control flow at inference (static cache, compiled generate)
     _skip_keys_device_placement = [CACHE_NAME]
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
 
@@ -275,14 +276,16 @@ class LlavaModel(LlavaPreTrainedModel):
     ) -> torch.Tensor:
         """Write `image_features` into `inputs_embeds` at the image-token positions, in reading order."""
         image_mask = self._image_token_mask(input_ids, inputs_embeds)
-        num_tokens = int(image_mask.sum())
         num_features = image_features.shape[0] * image_features.shape[1]
-        if num_tokens != num_features:
-            raise ValueError(
-                f"Image features and image tokens do not match: the text has {num_tokens} image tokens but the "
-                f"{image_features.shape[0]} image(s) give {num_features} features "
+        # A check torch.compile can trace (no data-dependent branch); the message is built only when it fails.
+        torch_compilable_check(
+            image_mask.sum() == num_features,
+            lambda: (
+                f"Image features and image tokens do not match: the text has {int(image_mask.sum())} image tokens but "
+                f"the {image_features.shape[0]} image(s) give {num_features} features "
                 f"({image_features.shape[1]} per image). Expand each <image> with the model's processor."
-            )
+            ),
+        )
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features.reshape(-1, inputs_embeds.shape[-1]))
 

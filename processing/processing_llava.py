@@ -98,6 +98,11 @@ class LlavaRemoteProcessor(ProcessorMixin):
         self.image_aspect_mode = image_aspect_mode
         tokenizer.padding_side = "left"
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        # transformers sets `auto_map` (where AutoProcessor finds this class) on the processor when saving it and
+        # drops it when loading, so a processor and its saved-and-reloaded copy would serialise differently. Set
+        # it from the start, to the value `save_pretrained` writes.
+        if self._auto_class is not None:
+            self.auto_map = {self._auto_class: f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"}
 
     @property
     def pad_background(self) -> tuple[int, int, int]:

@@ -96,3 +96,25 @@ def test_checkpoint_without_projector_loads_on_meta_and_initialises_it_as_llava_
             assert torch.equal(loaded_state[key], value), key
     with torch.no_grad():
         assert torch.isfinite(loaded(**image_prompt()).logits).all()
+
+
+def test_config_takes_transformers_field_names_and_reads_the_old_ones(tmp_path):
+    import json
+
+    from conftest import tiny_llava_config
+    from modeling_llava import LlavaConfig
+
+    config = tiny_llava_config(multimodal_projector_bias=False, vision_feature_select_strategy="full")
+    assert (config.multimodal_projector_bias, config.vision_feature_select_strategy) == (False, "full")
+    assert config.image_token_index == config.image_token_id  # the built-in's name for the same field
+    # A config.json written before the rename.
+    old = tiny_llava_config().to_dict()
+    old.pop("multimodal_projector_bias")
+    old.update(projector_bias=False, vision_feature_select_strategy="cls_patch")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = LlavaConfig.from_pretrained(tmp_path)
+    assert (loaded.multimodal_projector_bias, loaded.vision_feature_select_strategy) == (False, "full")
+    assert loaded.image_seq_length == 26 and "projector_bias" not in loaded.to_dict()
+    model = LlavaForCausalLM(loaded)
+    assert model.model.multi_modal_projector.linear_1.bias is None
+    assert LlavaConfig(**{**old, "vision_feature_select_strategy": "patch"}).vision_feature_select_strategy == "default"

@@ -14,12 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import importlib
-import importlib.util
-import os
-import sys
 import unittest
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -27,51 +22,14 @@ import torch
 import transformers
 from transformers.models.auto import configuration_auto, modeling_auto
 
-from conftest import REPO_ROOT
 from modeling_llava import LlavaConfig, LlavaForCausalLM, LlavaModel
+from transformers_common_suite import TARGET, import_suite
 
-TARGET = os.environ.get("LLAVA_COMMON_TESTS_TARGET", "ours")
-if TARGET not in ("ours", "builtin"):
-    raise ValueError(f"LLAVA_COMMON_TESTS_TARGET must be 'ours' or 'builtin', got {TARGET!r}.")
-
-
-def _find_common_suite() -> Path | None:
-    candidates = [os.environ.get("TF_TESTS_DIR"), REPO_ROOT / "shared" / "transformers-tests",
-                  REPO_ROOT.parent / "shared" / "transformers-tests"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "tests" / "test_modeling_common.py").is_file():
-            return Path(candidate)
-    return None
-
-
-SUITE_ROOT = _find_common_suite()
-if SUITE_ROOT is None:
-    pytest.skip("transformers' common test suite not found (set TF_TESTS_DIR)", allow_module_level=True)
-pytest.importorskip("parameterized", reason="transformers' common tests need the `dev` extra (parameterized)")
-
-#: The suite's `tests` package would clash with ours: load it under its own name.
-SUITE_PACKAGE = "transformers_common_tests"
-
-
-def _import_suite(module: str):
-    if SUITE_PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            SUITE_PACKAGE, SUITE_ROOT / "tests" / "__init__.py", submodule_search_locations=[str(SUITE_ROOT / "tests")]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[SUITE_PACKAGE] = package
-        spec.loader.exec_module(package)
-        # `generation/test_utils.py` imports `tests.exporters.test_export` absolutely; our `tests/` has no
-        # `exporters`, so alias just that module (the parent `tests` package is never looked up).
-        sys.modules["tests.exporters.test_export"] = importlib.import_module(f"{SUITE_PACKAGE}.exporters.test_export")
-    return importlib.import_module(f"{SUITE_PACKAGE}.{module}")
-
-
-_modeling_common = _import_suite("test_modeling_common")
+_modeling_common = import_suite("test_modeling_common")
 ModelTesterMixin = _modeling_common.ModelTesterMixin
 floats_tensor, ids_tensor = _modeling_common.floats_tensor, _modeling_common.ids_tensor
-GenerationTesterMixin = _import_suite("generation.test_utils").GenerationTesterMixin
-ConfigTester = _import_suite("test_configuration_common").ConfigTester
+GenerationTesterMixin = import_suite("generation.test_utils").GenerationTesterMixin
+ConfigTester = import_suite("test_configuration_common").ConfigTester
 
 if TARGET == "builtin":
     ConfigClass = transformers.LlavaConfig
