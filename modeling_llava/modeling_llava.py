@@ -39,6 +39,22 @@ except ImportError:  # the floor, 5.16.1 (what vLLM pins): the same `image_outpu
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def _accepts_past_key_values(forward):
+    """`past_key_values=` as the old name of `cache=`: deprecated where transformers says `cache`; where it still
+    says `past_key_values` (up to 5.19, whose `generate` passes it) accepted without a deprecation warning."""
+    if CACHE_NAME == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+    import functools
+
+    @functools.wraps(forward)
+    def renamed(*args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return forward(*args, **kwargs)
+
+    return renamed
+
+
 logger = logging.get_logger(__name__)
 
 
@@ -298,7 +314,7 @@ class LlavaModel(LlavaPreTrainedModel):
         return (inputs_embeds == image_embedding).all(-1)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @_accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -437,7 +453,7 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(pixel_values, **kwargs)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @_accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
