@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
@@ -149,6 +149,9 @@ def _every_rank_must_run_every_module() -> bool:
     return distributed or is_deepspeed_zero3_enabled()
 
 
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
 class LlavaModel(LlavaPreTrainedModel):
     """The LLaVA backbone without a language-modelling head.
 
@@ -159,16 +162,21 @@ class LlavaModel(LlavaPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """A checkpoint loads as the generating [`LlavaForCausalLM`]: `AutoModel.from_pretrained(repo,
-        trust_remote_code=True).generate(...)` works, as it does for other remote-code VLMs.
+        """A checkpoint of the generating model loads as [`LlavaForCausalLM`]: `AutoModel.from_pretrained(repo,
+        trust_remote_code=True).generate(...)` works, as it does for other remote-code VLMs. A saved backbone
+        (`architectures: ["LlavaModel"]`) loads as this class.
 
         `AutoModel` must name this backbone for `AutoModel.from_config` (vLLM's transformers backend builds the
-        backbone that way and loads `model.*` into it); the backbone of a checkpoint is
+        backbone that way and loads `model.*` into it); the backbone of a full checkpoint is
         `LlavaForCausalLM.from_pretrained(repo).model`.
         """
-        if cls is not LlavaModel:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        return LlavaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        config = kwargs.get("config")
+        if not isinstance(config, PreTrainedConfig):
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config = cls.config_class.from_pretrained(config or pretrained_model_name_or_path, **hub_kwargs)
+        if cls is LlavaModel and "LlavaForCausalLM" in (getattr(config, "architectures", None) or []):
+            return LlavaForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
