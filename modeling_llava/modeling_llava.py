@@ -517,10 +517,28 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
         # `generate` drops pixel_values after the prefill (their tokens are then in the cache) but does not know
         # our `vision_features`; drop them the same way, or every decode step would try to merge them again.
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # (GenerationMixin's signature, spelled out: `generate` and its tests read it, e.g. for `inputs_embeds`.)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("vision_features", None)
         return model_inputs
