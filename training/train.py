@@ -66,9 +66,9 @@ class TrainOutput:
 # Parsing
 # ----------------------------------------------------------------------------------------------------------------
 def make_parser():
-    from trl import TrlParser
+    from .arguments import LlavaTrainParser
 
-    return TrlParser(
+    return LlavaTrainParser(
         (LlavaTrainArguments, LlavaSFTConfig),
         prog="llava train",
         description=(
