@@ -51,7 +51,12 @@ def main(argv: list[str]) -> int:
     from .build import build_llava
     from hub_upload.atomic import atomic_output_dir
 
+    from pathlib import Path
+
     layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
+    chat_template = args.chat_template
+    if chat_template is not None and chat_template.endswith(".jinja"):
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
     model, processor = build_llava(
         args.vision,
         args.language,
@@ -59,10 +64,19 @@ def main(argv: list[str]) -> int:
         projector_init=args.projector_init,
         vision_feature_layer=layer,
         vision_feature_select_strategy=args.vision_feature_select_strategy,
-        chat_template=args.chat_template,
+        chat_template=chat_template,
         image_aspect_mode=args.image_aspect_mode,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )
+    from processing.templates import image_content_problem, list_chat_templates
+
+    problem = image_content_problem(processor.chat_template, processor.tokenizer, processor.image_token)
+    if problem is not None:
+        raise ValueError(
+            f"--chat-template {args.chat_template}: the template cannot render image content: {problem}. Pass an "
+            f"image-aware one ({', '.join(list_chat_templates())}) or leave it unset for the language model's own "
+            "format made image-aware."
+        )
     with atomic_output_dir(args.out) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)

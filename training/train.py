@@ -307,6 +307,10 @@ def train(
 
     template_name = args.chat_template or ("plain" if args.stage == 1 else None)
     template = resolve_template(template_name, processor)
+    if template is None:  # the processor's own template renders every sample: it must know image blocks
+        from processing.templates import require_image_template
+
+        require_image_template(processor, args.model_name_or_path or "the processor")
     if args.stage == 2 and template is not None:
         processor.chat_template = template  # the saved model chats in the format it was trained on
 
