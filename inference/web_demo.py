@@ -40,9 +40,18 @@ REFUSED = "Question refused:"
 NOT_AN_IMAGE = "not an image:"
 
 
+def _text_of(content: Any) -> str:
+    """A chat message's text: Gradio 6 hands a Chatbot's history back with each message's content as a list of
+    typed blocks (`[{"type": "text", "text": ...}]`), the handler's own history holds plain strings."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    return "".join(block.get("text", "") for block in content if isinstance(block, dict) and block.get("type") == "text")
+
+
 def _is_refusal(entry: dict[str, Any]) -> bool:
-    return entry["role"] == "assistant" and isinstance(entry["content"], str) and (
-        entry["content"].startswith((REFUSED, NOT_AN_IMAGE)))
+    return entry["role"] == "assistant" and _text_of(entry["content"]).startswith((REFUSED, NOT_AN_IMAGE))
 
 
 def _to_model_messages(history: list[dict[str, Any]], has_image: bool) -> list[dict[str, Any]]:
@@ -58,7 +67,7 @@ def _to_model_messages(history: list[dict[str, Any]], has_image: bool) -> list[d
             kept.append(entry)
     messages = []
     for entry in kept:
-        text = entry["content"] if isinstance(entry["content"], str) else str(entry["content"])
+        text = _text_of(entry["content"])
         if entry["role"] == "user":
             messages.append(user_message(text, with_image=has_image and not messages))
         else:

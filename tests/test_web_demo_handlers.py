@@ -93,3 +93,16 @@ def test_a_conversation_near_the_context_gets_a_shorter_answer_and_is_told(chat)
     question = "z" * (limits.context_tokens - 100)
     history, _ = last_turn((model, processor, options, limits), None, question)
     assert "(Answer limited to" in history[-1]["content"]
+
+
+def test_history_as_gradio_hands_it_back_gives_the_model_plain_text():
+    # Gradio 6's Chatbot preprocess: every message's content is a list of typed blocks.
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "hello?"}], "metadata": None},
+        {"role": "assistant", "content": [{"type": "text", "text": "not an image: x.bin (bad)"}], "metadata": None},
+        {"role": "user", "content": [{"type": "text", "text": "What colour?"}], "metadata": None},
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}], "metadata": None},
+        {"role": "user", "content": "And the shape?"},
+    ]
+    messages = web_demo._to_model_messages(history, has_image=False)
+    assert [m["content"][0]["text"] for m in messages] == ["What colour?", "Red.", "And the shape?"]
