@@ -65,3 +65,23 @@ def test_the_lint_catches_an_unclosed_fence():
         list(code_blocks(broken))
     with pytest.raises(AssertionError, match="line 1: code fence never closed"):
         list(code_blocks("```\nopen"))
+
+
+def test_the_readme_use_snippet_prints_only_the_answer(tmp_path, capsys, monkeypatch):
+    """Run the README's "Use" block as written, on a tiny saved model and a real image file."""
+    from PIL import Image
+
+    from evaluation_fixtures import save_tiny_image_text_model
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    use = readme[readme.index("## Use"):]
+    snippet = next(body for _, info, body in code_blocks(use) if info == "python")
+    folder = save_tiny_image_text_model(tmp_path / "model")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet.replace("ORG/NAME", str(folder)), "README.md (Use)", "exec"), namespace)
+    printed = capsys.readouterr().out.strip()
+    processor, inputs = namespace["processor"], namespace["inputs"]
+    prompt_text = processor.decode(inputs["input_ids"][0], skip_special_tokens=True).strip()
+    assert prompt_text and not printed.startswith(prompt_text)
