@@ -207,6 +207,12 @@ class LlavaTrainArguments:
         check_choices(self)
 
 
+def _has_accelerator() -> bool:
+    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...): the DataLoader's own test for pinning memory."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def _accelerator_has_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
@@ -259,6 +265,9 @@ class LlavaSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.use_cpu or not _has_accelerator():
+            # Pinned memory only speeds up copies to an accelerator; without one the DataLoader warns on every run.
+            self.dataloader_pin_memory = False
         if self.report_to == "auto":
             self.report_to = ["tensorboard"] + (["wandb"] if importlib.util.find_spec("wandb") else [])
         if self.bf16 is None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -133,7 +134,12 @@ class LlavaSFTTrainer(SFTTrainer):
                 f"length_megabatch_mult={length_megabatch_mult}: it must be a positive number of global batches, "
                 "and it only applies with group_by_modality_length: true."
             )
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():
+            # PEFT (0.21.2, the newest) reads transformers' deprecated `is_gradient_checkpointing` alias when it
+            # wraps the model, which warns on every LoRA run; only that one warning, only here. Remove once PEFT
+            # reads `is_activation_checkpointing`.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            super().__init__(*args, **kwargs)
 
     def _use_supervised_logits_loss(self, model) -> bool:
         if self.label_smoother is not None or self.compute_loss_func is not None or self.args.loss_type != "nll":
