@@ -4,6 +4,7 @@ llava-hf` and `llava build` give the processor an image-aware template instead."
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 from transformers import LlavaConfig as HFLlavaConfig
@@ -69,3 +70,33 @@ def test_convert_from_llava_hf_gives_the_processor_an_image_aware_template(tmp_p
         add_generation_prompt=True,
     )
     assert rendered.startswith("<|im_start|>user\n<image>") and rendered.endswith("<|im_start|>assistant\n")
+
+
+@pytest.fixture
+def parts(tmp_path):
+    """A tiny CLIP folder and a tiny Llama folder whose tokenizer carries a text-only ChatML template."""
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    CLIPVisionModel(tiny_vision_config()).save_pretrained(tmp_path / "clip")
+    tiny_processor().image_processor.save_pretrained(tmp_path / "clip")
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = TEXT_ONLY_CHATML
+    LlamaForCausalLM(tiny_text_config()).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    (tmp_path / "text_only.jinja").write_text(TEXT_ONLY_CHATML)
+    return tmp_path
+
+
+def test_build_refuses_a_text_only_template_and_by_default_makes_the_llms_own_image_aware(parts, capsys):
+    common = ["--vision", str(parts / "clip"), "--language", str(parts / "llm")]
+    status = llava(["build", str(parts / "refused"), *common, "--chat-template", str(parts / "text_only.jinja")])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and err.startswith("llava build: --chat-template") and "\n" not in err  # before any loading
+    assert "cannot render image content" in err and not (parts / "refused").exists()
+    assert llava(["build", str(parts / "built"), *common]) == 0
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(parts / "built", trust_remote_code=True)
+    rendered = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}], tokenize=False)
+    assert rendered.startswith("<|im_start|>user\n<image>")
