@@ -5,7 +5,8 @@ own argparse/HfArgumentParser parser (so `llava X --help` explains every option)
 is imported lazily so that `llava --help` and light subcommands never pay for importing torch.
 
 Errors: a subcommand that fails on bad input or a bad config prints one line, `llava NAME: message`, and exits
-with status 1; `--debug` (anywhere on the command line) or `LLAVA_DEBUG=1` shows the full traceback instead.
+with status 1; `llava --debug NAME ...` or `LLAVA_DEBUG=1` shows the full traceback instead. (`--debug` is ours only
+before the subcommand: after it, it is the subcommand's, e.g. transformers' `TrainingArguments.debug`.)
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: llava SUBCOMMAND [options]   (llava SUBCOMMAND --help for its options)", "", "subcommands:"]
+    lines = ["usage: llava [--debug] SUBCOMMAND [options]   (llava SUBCOMMAND --help for its options)", "",
+             "--debug: show the full traceback of an error (or set LLAVA_DEBUG=1)", "", "subcommands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in sorted(SUBCOMMANDS.items())]
     return "\n".join(lines)
 
@@ -47,8 +49,8 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LLAVA_DEBUG"
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+def _debug_requested() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _error_line(error: BaseException) -> str:
@@ -57,7 +59,7 @@ def _error_line(error: BaseException) -> str:
     message = str(error).strip() or type(error).__name__
     if isinstance(error, (ValueError, OSError, LookupError)):
         return message
-    return f"{type(error).__name__}: {message} (run with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)"
+    return f"{type(error).__name__}: {message} (run `llava {DEBUG_FLAG} ...` or set {DEBUG_ENV}=1 for the traceback)"
 
 
 def run_subcommand(name: str, rest: list[str], debug: bool = False) -> int:
@@ -79,8 +81,9 @@ def run_subcommand(name: str, rest: list[str], debug: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(argv)
-    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    debug = _debug_requested()
+    while argv and argv[0] == DEBUG_FLAG:
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

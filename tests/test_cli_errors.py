@@ -62,12 +62,33 @@ def test_unexpected_error_is_one_line_naming_its_type_and_the_debug_switch(faili
     status, err = _run(capsys, ["boom"])
     assert status == 1
     assert err.startswith("llava boom: TypeError: can only concatenate") and "\n" not in err
-    assert "--debug" in err and "LLAVA_DEBUG=1" in err
+    assert "llava --debug" in err and "LLAVA_DEBUG=1" in err
 
 
 def test_debug_flag_and_environment_show_the_traceback(failing_subcommand, monkeypatch):
     with pytest.raises(TypeError):
-        cli.main(["boom", "--debug"])
+        cli.main(["--debug", "boom"])
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(TypeError):
         cli.main(["boom"])
+
+
+def test_debug_after_the_subcommand_is_the_subcommands_own(monkeypatch):
+    """`llava train ... --debug underflow_overflow` is transformers' TrainingArguments.debug, not the switch."""
+    seen = []
+    module = types.ModuleType("echo_subcommand")
+    module.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "echo_subcommand", module)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "echo", ("echo_subcommand", "echoes"))
+    assert cli.main(["echo", "--debug", "underflow_overflow"]) == 0
+    assert seen == [["--debug", "underflow_overflow"]]
+
+
+def test_a_wrongly_typed_yaml_value_is_one_error_line_without_the_usage_dump(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("stage: two\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--config", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.count("\n") == 0
+    assert "argument --stage: invalid int value: 'two'" in err and "llava train --help" in err

@@ -54,6 +54,11 @@ class LlavaTrainParser(TrlParser):
         self.check_keys(kwargs, getattr(self, "_config_source", "config file"))
         return super().set_defaults_with_config(**kwargs)
 
+    def error(self, message: str):
+        # argparse prints the whole usage first: for the hundreds of TrainingArguments options, a page that buries
+        # the one line saying what is wrong.
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every option)\n")
+
     def parse_dict(self, args: dict, allow_extra_keys: bool = False):
         if not allow_extra_keys:
             self.check_keys(args, "config")
