@@ -100,15 +100,29 @@ def _build_judge(args: argparse.Namespace):
 
 
 def _answers(
-    args: argparse.Namespace, questions: list[dict[str, Any]], image_root: str | None
+    args: argparse.Namespace,
+    questions: list[dict[str, Any]],
+    image_root: str | None,
+    all_question_ids: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Predictions for `questions`: read from `--answers`/`--predictions`, or produced by `--model`
-    into OUTPUT_DIR/predictions.jsonl (resuming whatever an earlier run of it finished)."""
+    into OUTPUT_DIR/predictions.jsonl (resuming whatever an earlier run of it finished).
+
+    A predictions file must answer every question and nothing else: a `question_id` that is not in the question
+    file (`all_question_ids`, the whole file even under `--limit`) means the file belongs to another question set,
+    and scoring the rest would hide it. A question_id answered twice is refused too."""
     if args.answers:
+        known = all_question_ids if all_question_ids is not None else {str(q["question_id"]) for q in questions}
         records = {}
         for index, record in enumerate(read_records(args.answers)):
-            require_keys(record, ["question_id", "text"], f"{args.answers}, record {index + 1}")
-            records[str(record["question_id"])] = record
+            where = f"{args.answers}, record {index + 1}"
+            require_keys(record, ["question_id", "text"], where)
+            question_id = str(record["question_id"])
+            if question_id not in known:
+                raise ValueError(f"{where}: question_id {question_id!r} is not in the questions")
+            if question_id in records:
+                raise ValueError(f"{where}: question_id {question_id!r} is answered more than once")
+            records[question_id] = record
         missing = [str(q["question_id"]) for q in questions if str(q["question_id"]) not in records]
         if missing:
             raise ValueError(f"{args.answers}: no prediction for {len(missing)} question(s), e.g. {missing[:5]}")
@@ -138,6 +152,12 @@ def _model_name(args: argparse.Namespace) -> str:
     return args.model or f"predictions from {args.answers}"
 
 
+def _question_ids(questions: list[dict[str, Any]], path: str) -> set[str]:
+    for index, question in enumerate(questions):
+        require_keys(question, ["question_id"], f"{path}, record {index + 1}")
+    return {str(question["question_id"]) for question in questions}
+
+
 def _limited(items: list, limit: int | None) -> list:
     return items if limit is None else items[:limit]
 
@@ -164,7 +184,8 @@ def run_judge(args: argparse.Namespace) -> int:
     from evaluation.judge import JudgeItem, judge_all, normalize_type, relative_scores, review_key
     from evaluation.report import judge_table, render_examples, write_metrics, write_report
 
-    questions = _limited(read_records(args.questions), args.limit)
+    all_questions = read_records(args.questions)
+    questions = _limited(all_questions, args.limit)
     for index, question in enumerate(questions):
         require_keys(question, ["question_id", "text", "image", "category"], f"{args.questions}, record {index + 1}")
         normalize_type(question["category"])
@@ -178,7 +199,7 @@ def run_judge(args: argparse.Namespace) -> int:
         if str(question["question_id"]) not in references:
             raise ValueError(f"{args.references}: no reference answer for question {question['question_id']}")
     judge, judge_id = _build_judge(args)  # fail on a bad judge configuration before answering
-    answers = _answers(args, questions, args.image_root)
+    answers = _answers(args, questions, args.image_root, _question_ids(all_questions, args.questions))
 
     orders = ("reference_first", "model_first") if args.swap else ("reference_first",)
     from datagen.teachers import TeacherError
@@ -301,7 +322,8 @@ def run_scienceqa(args: argparse.Namespace) -> int:
     from processing.scienceqa import convert_split, load_scienceqa
 
     problems = load_scienceqa(args.data, args.split)
-    records = _limited(convert_split(args.data, args.split, answer_first=args.answer_first), args.limit)
+    all_records = convert_split(args.data, args.split, answer_first=args.answer_first)
+    records = _limited(all_records, args.limit)
     problems = {r["id"]: problems[r["id"]] for r in records}
     questions = [
         {
@@ -313,7 +335,7 @@ def run_scienceqa(args: argparse.Namespace) -> int:
     ]
     output_dir = Path(args.output_dir)
     write_records(output_dir / "questions.jsonl", questions)
-    answers = _answers(args, questions, args.data)
+    answers = _answers(args, questions, args.data, {str(r["id"]) for r in all_records})
     our_texts = {pid: answers[pid]["text"] for pid in problems}
     ours = {pid: extract_answer(our_texts[pid], len(problems[pid]["choices"])) for pid in problems}
     variant = "answer first" if args.answer_first else "reasoning first"
@@ -393,14 +415,15 @@ def run_pope(args: argparse.Namespace) -> int:
     from evaluation.pope import parse_yes_no, pope_metrics
     from evaluation.report import pope_table, render_examples, write_metrics, write_report
 
-    questions = _limited(read_records(args.questions), args.limit)
+    all_questions = read_records(args.questions)
+    questions = _limited(all_questions, args.limit)
     for index, question in enumerate(questions):
         require_keys(question, ["question_id", "text", "label"], f"{args.questions}, record {index + 1}")
         if question["label"] not in ("yes", "no"):
             raise ValueError(
                 f"{args.questions}, record {index + 1}: label must be 'yes' or 'no', found {question['label']!r}"
             )
-    answers = _answers(args, questions, args.image_root)
+    answers = _answers(args, questions, args.image_root, _question_ids(all_questions, args.questions))
     predicted = {str(q["question_id"]): parse_yes_no(answers[str(q["question_id"])]["text"]) for q in questions}
     subsets: dict[str, list[dict[str, Any]]] = {}
     for question in questions:

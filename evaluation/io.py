@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 from datagen.store import AppendOnlyJsonl
 from processing.jsonio import read_records, write_atomic
 
-__all__ = ["ResumableJsonl", "read_records", "require_keys", "write_atomic", "write_json_atomic"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["OutputInUseError", "ResumableJsonl", "read_records", "require_keys", "write_atomic", "write_json_atomic"]
 
 
 def require_keys(record: dict[str, Any], keys: Iterable[str], where: str) -> None:
@@ -26,22 +29,60 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+class OutputInUseError(ValueError):
+    """Another process holds the output file (its lock): two runs appending to one file would answer twice."""
+
+
 class ResumableJsonl:
     """An append-only JSONL file of results keyed by one field (e.g. `question_id`).
 
     Every record is flushed and fsynced as soon as it exists, so an interrupted run keeps all it
     finished; opening the file again loads those records (a torn last line left by a crash is cut
     off and its item computed again) and `in` tells the caller what to skip. Use as a context manager.
+
+    The file is held with an OS file lock (`filelock`, on `PATH.lock`) from opening to `close()`: a second
+    process opening it meanwhile gets `OutputInUseError` instead of computing the same items again. Records
+    whose key repeats an earlier one (left by runs before the lock existed) are dropped from the file when it
+    is opened, keeping the first; `duplicates` lists their keys.
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "question_id") -> None:
+        from filelock import FileLock, Timeout
+
         self.key = key
-        self._file = AppendOnlyJsonl(path)
-        self.path = self._file.path
-        self.records: dict[str, dict[str, Any]] = {}
-        for number, record in enumerate(self._file.records, start=1):
-            require_keys(record, [key], f"{self.path}, record {number}")
-            self.records[str(record[key])] = record
+        self._lock = FileLock(f"{os.fspath(path)}.lock", timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise OutputInUseError(
+                f"{path} is in use by another run (it holds {self._lock.lock_file}); wait for it to finish or "
+                "write to another file"
+            ) from None
+        try:
+            self._file = AppendOnlyJsonl(path)
+            self.path = self._file.path
+            self.records: dict[str, dict[str, Any]] = {}
+            self.duplicates: list[str] = []
+            for number, record in enumerate(self._file.records, start=1):
+                require_keys(record, [key], f"{self.path}, record {number}")
+                if str(record[key]) in self.records:
+                    self.duplicates.append(str(record[key]))
+                else:
+                    self.records[str(record[key])] = record
+            if self.duplicates:
+                self._drop_duplicates()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _drop_duplicates(self) -> None:
+        self._file.close()
+        write_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
+        self._file = AppendOnlyJsonl(self.path)
+        shown = ", ".join(repr(item) for item in self.duplicates[:10])
+        more = f" and {len(self.duplicates) - 10} more" if len(self.duplicates) > 10 else ""
+        logger.warning("%s: dropped %d duplicate record(s) of %s %s%s (kept the first of each)",
+                       self.path, len(self.duplicates), self.key, shown, more)
 
     def __contains__(self, item_id: object) -> bool:
         return str(item_id) in self.records
@@ -62,7 +103,10 @@ class ResumableJsonl:
         self.records[str(record[self.key])] = record
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> ResumableJsonl:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,6 +45,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _refuse_text_only_template(chat_template: str, args: argparse.Namespace) -> None:
+    """Refuse a `--chat-template` that cannot render image content, before any weights are loaded."""
+    from transformers import AutoTokenizer
+
+    from processing.templates import image_content_problem, list_chat_templates, resolve_chat_template
+
+    from .build import split_gguf_path
+
+    folder, gguf_file = split_gguf_path(args.language)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    problem = image_content_problem(resolve_chat_template(chat_template, tokenizer), tokenizer)
+    if problem is not None:
+        raise ValueError(
+            f"--chat-template {args.chat_template}: the template cannot render image content: {problem}. Pass an "
+            f"image-aware one ({', '.join(list_chat_templates())}) or leave it unset for the language model's own "
+            "format made image-aware."
+        )
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import torch
@@ -52,6 +72,11 @@ def main(argv: list[str]) -> int:
     from hub_upload.atomic import atomic_output_dir
 
     layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
+    chat_template = args.chat_template
+    if chat_template is not None and chat_template.endswith(".jinja"):
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
+    if chat_template is not None:
+        _refuse_text_only_template(chat_template, args)
     model, processor = build_llava(
         args.vision,
         args.language,
@@ -59,7 +84,7 @@ def main(argv: list[str]) -> int:
         projector_init=args.projector_init,
         vision_feature_layer=layer,
         vision_feature_select_strategy=args.vision_feature_select_strategy,
-        chat_template=args.chat_template,
+        chat_template=chat_template,
         image_aspect_mode=args.image_aspect_mode,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )

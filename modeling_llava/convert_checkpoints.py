@@ -8,6 +8,7 @@ looks complete; an existing `out` is refused.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -34,6 +35,9 @@ from .convert import (
 from .modeling_llava import LlavaForCausalLM
 
 
+logger = logging.getLogger(__name__)
+
+
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
     """Strictly load `state_dict`, allowing only a tied `lm_head.weight` to be absent."""
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -57,9 +61,27 @@ def from_llava_hf(src: str | Path, out: str | Path) -> LlavaForCausalLM:
     model = LlavaForCausalLM(config)
     load_into(model, state_dict_from_llava_hf(renamed, config), src)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    processor = make_processor(config, AutoImageProcessor.from_pretrained(src), tokenizer, _chat_template_of(src))
+    template = _image_template_of(src, tokenizer)
+    processor = make_processor(config, AutoImageProcessor.from_pretrained(src), tokenizer, template)
     _save(model, processor, out)
     return model
+
+
+def _image_template_of(src: Path, tokenizer) -> str | None:
+    """The checkpoint's chat template when it renders image content, else `None` (the converted processor then gets
+    the language model's format made image-aware). A llava-hf folder often carries only its language model's
+    text-only template, which cannot render an image block."""
+    from processing.templates import image_content_problem
+
+    template = _chat_template_of(src)
+    if template is not None and (problem := image_content_problem(template, tokenizer)) is not None:
+        logger.warning(
+            "%s: its chat template cannot render image content (%s); the converted processor gets the language "
+            "model's own format made image-aware instead (pass another with `llava export --chat-template`).",
+            src, problem,
+        )
+        return None
+    return template
 
 
 def to_llava_hf(src: str | Path, out: str | Path):

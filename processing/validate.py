@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.processor is not None:
         from transformers import AutoProcessor
 
+        from processing.templates import require_image_template
+
         processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
+        require_image_template(processor, args.processor)
     report = check_dataset(
         args.data, args.image_root, processor=processor, max_length=args.max_length, decode_images=not args.no_decode
     )

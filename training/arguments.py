@@ -6,14 +6,63 @@ Both are dataclasses read by `TrlParser` from a YAML file (`--config`) with comm
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 
 import torch
-from trl import SFTConfig
+from trl import SFTConfig, TrlParser
 
 
 LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class ConfigError(ValueError):
+    """A training configuration names an unknown option or gives one a value it cannot take."""
+
+
+def check_choices(arguments) -> None:
+    """Refuse a field whose value is not among its `choices`: argparse checks flags, but values from a YAML file or
+    a config dict become the parser's defaults and are never checked against them."""
+    for spec in fields(arguments):
+        choices = spec.metadata.get("choices")
+        value = getattr(arguments, spec.name)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{spec.name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+class LlavaTrainParser(TrlParser):
+    """TRL's parser, refusing unknown config keys with the nearest valid name (TRL's own error lists every unknown
+    key but suggests nothing, and `parse_dict` raises HfArgumentParser's message with no hint either)."""
+
+    def check_keys(self, config: dict, source: str) -> None:
+        known = {spec.name for dataclass_type in self.dataclass_types for spec in fields(dataclass_type)}
+        for key in config:
+            if key in known or key == "env":
+                continue
+            nearest = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+            raise ConfigError(f"{source}: unknown option {key!r}{hint}")
+
+    def parse_args_and_config(self, args=None, *rest, **kwargs):
+        args = list(sys.argv[1:] if args is None else args)
+        self._config_source = args[args.index("--config") + 1] if "--config" in args[:-1] else "config file"
+        return super().parse_args_and_config(args, *rest, **kwargs)
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        self.check_keys(kwargs, getattr(self, "_config_source", "config file"))
+        return super().set_defaults_with_config(**kwargs)
+
+    def error(self, message: str):
+        # argparse prints the whole usage first: for the hundreds of TrainingArguments options, a page that buries
+        # the one line saying what is wrong.
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every option)\n")
+
+    def parse_dict(self, args: dict, allow_extra_keys: bool = False):
+        if not allow_extra_keys:
+            self.check_keys(args, "config")
+        return super().parse_dict(args, allow_extra_keys=allow_extra_keys)
 
 
 @dataclass
@@ -159,6 +208,15 @@ class LlavaTrainArguments:
         },
     )
 
+    def __post_init__(self):
+        check_choices(self)
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...): the DataLoader's own test for pinning memory."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
 
 def _accelerator_has_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -212,6 +270,9 @@ class LlavaSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.use_cpu or not _has_accelerator():
+            # Pinned memory only speeds up copies to an accelerator; without one the DataLoader warns on every run.
+            self.dataloader_pin_memory = False
         if self.report_to == "auto":
             self.report_to = ["tensorboard"] + (["wandb"] if importlib.util.find_spec("wandb") else [])
         if self.bf16 is None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from .arguments import LlavaSFTConfig, LlavaTrainArguments
 
 
@@ -45,10 +47,13 @@ class TrainOutput:
         projector_path: stage 1's `mm_projector.safetensors`, else `None`.
         merged_dir: the merged LoRA model folder, else `None`.
         log_history: the Trainer's log entries (`loss`, `learning_rate`, `grad_norm`, ... per logging step).
-        losses: the training loss of each logging step, in order.
+        losses: the training loss of each logging step, in order; the last step is always logged, so a run
+            shorter than `logging_steps` still reports its loss.
         skipped: samples left out before or during training (`on_bad_data: skip`), with the reasons.
         model: the trained model in memory (LoRA merged when `merge_lora`), ready for a next stage.
         processor: its processor.
+        trainable_parameters: trainable parameters per part (vision_tower, projector, language_model, lm_head),
+            counted on the model the trainer trained (LoRA adapters included).
     """
 
     output_dir: Path
@@ -60,15 +65,16 @@ class TrainOutput:
     skipped: list[Any] = field(default_factory=list)
     model: Any = None
     processor: Any = None
+    trainable_parameters: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------------------------
 def make_parser():
-    from trl import TrlParser
+    from .arguments import LlavaTrainParser
 
-    return TrlParser(
+    return LlavaTrainParser(
         (LlavaTrainArguments, LlavaSFTConfig),
         prog="llava train",
         description=(
@@ -250,6 +256,16 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
+class LogFinalStep(TrainerCallback):
+    """Log the last training step whatever `logging_steps` is: transformers logs only every `logging_steps`
+    (default 500), so a shorter run would end with no loss at all in `log_history`."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
 def _lora_config(args: LlavaTrainArguments):
     from peft import LoraConfig
 
@@ -279,7 +295,7 @@ def train(
 
     from .collators import LlavaDataCollator, resolve_template
     from .cpu_memory import keep_freed_memory
-    from .trainer import LlavaSFTTrainer, configure_trainable_parameters
+    from .trainer import LlavaSFTTrainer, configure_trainable_parameters, trainable_parameters_per_part
 
     if args.stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {args.stage!r}")
@@ -307,16 +323,27 @@ def train(
 
     template_name = args.chat_template or ("plain" if args.stage == 1 else None)
     template = resolve_template(template_name, processor)
+    if template is None:  # the processor's own template renders every sample: it must know image blocks
+        from processing.templates import require_image_template
+
+        require_image_template(processor, args.model_name_or_path or "the processor")
+    elif args.stage == 2 and isinstance(processor.chat_template, str) and template != processor.chat_template:
+        # Naming a template is allowed (the paper's configs do), but a different one silently changes the prompt
+        # format the model was built or trained with; say so.
+        named = args.chat_template if len(args.chat_template) <= 40 else "the given Jinja template"
+        logger.warning(
+            "chat_template %r is not the model's own chat template (the processor's chat_template.jinja): the model "
+            "trains and is saved in the %r format. Leave chat_template unset to keep the model's own.", named, named
+        )
     if args.stage == 2 and template is not None:
         processor.chat_template = template  # the saved model chats in the format it was trained on
 
-    trainable = configure_trainable_parameters(
+    configure_trainable_parameters(
         model,
         args.stage,
         freeze_vision_tower=args.freeze_vision_tower or args.stage == 1,
         freeze_language_model=True if args.use_peft else args.freeze_language_model,
     )
-    logger.info("Trainable parameters per part: %s", trainable)
 
     collator = LlavaDataCollator(
         processor,
@@ -350,8 +377,10 @@ def train(
         group_by_modality_length=args.group_by_modality_length,
         length_megabatch_mult=args.length_megabatch_mult,
         sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
-        callbacks=callbacks,
+        callbacks=[LogFinalStep(), *(callbacks or [])],
     )
+    trainable = trainable_parameters_per_part(trainer.model)  # after PEFT attached its adapters
+    logger.info("Trainable parameters per part: %s", trainable)
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
         resume = True
@@ -393,6 +422,7 @@ def train(
         skipped=skipped,
         model=final_model,
         processor=processor,
+        trainable_parameters=trainable,
     )
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -67,13 +68,24 @@ def configure_trainable_parameters(
     if not freeze_vision_tower:
         set_trainable(model.model.vision_tower, True)
         freeze_unused_vision_parameters(model)
-    parts = {
-        "vision_tower": model.model.vision_tower,
-        "projector": model.model.multi_modal_projector,
-        "language_model": model.model.language_model,
-        "lm_head": model.lm_head,
-    }
-    return {name: sum(p.numel() for p in part.parameters() if p.requires_grad) for name, part in parts.items()}
+    return trainable_parameters_per_part(model)
+
+
+_PARTS = {"vision_tower": ".vision_tower.", "projector": f".{PROJECTOR_MARKER}.",
+          "language_model": ".language_model.", "lm_head": ".lm_head."}
+
+
+def trainable_parameters_per_part(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters of each LLaVA part, found by parameter name, so that the count is also right for a
+    PEFT-wrapped model (LoRA adapters under `language_model`, the projector's `modules_to_save` copy); count on
+    the model the trainer really trains, after PEFT attached its adapters."""
+    counts = dict.fromkeys(_PARTS, 0)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = next((part for part, marker in _PARTS.items() if marker in f".{name}"), None)
+            if part is not None:
+                counts[part] += parameter.numel()
+    return counts
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -122,7 +134,12 @@ class LlavaSFTTrainer(SFTTrainer):
                 f"length_megabatch_mult={length_megabatch_mult}: it must be a positive number of global batches, "
                 "and it only applies with group_by_modality_length: true."
             )
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():
+            # PEFT (0.21.2, the newest) reads transformers' deprecated `is_gradient_checkpointing` alias when it
+            # wraps the model, which warns on every LoRA run; only that one warning, only here. Remove once PEFT
+            # reads `is_activation_checkpointing`.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            super().__init__(*args, **kwargs)
 
     def _use_supervised_logits_loss(self, model) -> bool:
         if self.label_smoother is not None or self.compute_loss_func is not None or self.args.loss_type != "nll":

@@ -90,4 +90,50 @@ def resolve_chat_template(chat_template: str | None, tokenizer: PreTrainedTokeni
     )
 
 
-__all__ = ["get_chat_template", "list_chat_templates", "content_macros", "resolve_chat_template"]
+class ImageTemplateError(ValueError):
+    """A chat template cannot render a message with image content (typically the language model's own,
+    text-only template, which concatenates `message['content']` as a string)."""
+
+
+_IMAGE_PROBE = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "QUESTIONPROBE"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "ANSWERPROBE"}]},
+]
+
+
+def image_content_problem(chat_template: str, tokenizer, image_token: str = "<image>") -> str | None:
+    """Why `chat_template` cannot render a user turn holding an image and a text block, or `None` if it can
+    (it must write `image_token` once for the image block and keep both texts)."""
+    try:
+        rendered = tokenizer.apply_chat_template(_IMAGE_PROBE, chat_template=chat_template, tokenize=False)
+    except Exception as error:  # noqa: BLE001 - any failure of the user's Jinja is the answer we report
+        return f"rendering a message with an image block fails ({type(error).__name__}: {error})"
+    if rendered.count(image_token) != 1 or "QUESTIONPROBE" not in rendered or "ANSWERPROBE" not in rendered:
+        return f"it does not write {image_token} for an image block (nor the text beside it) verbatim"
+    return None
+
+
+def require_image_template(processor, source: str) -> None:
+    """Raise `ImageTemplateError` with the fix when `processor`'s chat template cannot render image content."""
+    template = getattr(processor, "chat_template", None)
+    if not isinstance(template, str):
+        return
+    problem = image_content_problem(template, processor.tokenizer, getattr(processor, "image_token", "<image>"))
+    if problem is not None:
+        raise ImageTemplateError(
+            f"{source}: the chat template cannot render image content: {problem}. It is probably the language "
+            "model's own text-only template. Give the processor an image-aware one, e.g. "
+            f"`llava export {source} OUT --chat-template own` (the language model's format made image-aware) "
+            f"or another of {list_chat_templates()}; `llava convert` and `llava build` do this by default."
+        )
+
+
+__all__ = [
+    "ImageTemplateError",
+    "content_macros",
+    "get_chat_template",
+    "image_content_problem",
+    "list_chat_templates",
+    "require_image_template",
+    "resolve_chat_template",
+]
