@@ -11,6 +11,8 @@ truncates image tokens.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -19,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, resolve_image_path
-from .llava_data import DataProblem, conversation_problems, iter_raw_records, llava_to_messages, record_images
+import numpy as np
+
+from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_file_exists, load_image
+from .llava_data import DataProblem, check_records, llava_to_messages, record_images
 
 
 # Kinds of problems, in report order, with the words the report uses for them.
@@ -28,16 +32,21 @@ PROBLEM_KINDS = {
     "bad_encoding": "lines that are not UTF-8 text",
     "malformed_json": "malformed JSON",
     "bad_record": "malformed samples",
+    "bad_image_path": "malformed image paths",
     "bad_turn": "malformed turns",
+    "bad_text": "text that is not valid Unicode",
     "empty_conversation": "empty conversations",
     "turn_order": "wrongly ordered turns",
     "empty_turn": "empty turns",
+    "image_outside_human_turn": "<image> outside a human turn",
     "image_token_mismatch": "<image> count != image count",
     "unsafe_image_path": "image paths outside the image root",
     "missing_image": "missing images",
     "unreadable_image": "unreadable images",
     "too_long": "longer than max_length with images expanded",
 }
+# Problems of a line that could not be read at all (no JSON value): not counted as samples.
+UNREADABLE_KINDS = ("bad_encoding", "malformed_json")
 
 
 @dataclass
@@ -56,6 +65,13 @@ class DatasetReport:
     @property
     def failing_ids(self) -> set[str]:
         return {problem.sample_id for problem in self.problems if problem.sample_id is not None}
+
+    @property
+    def failing_lines(self) -> set[int]:
+        """The lines (JSONL) or element start lines (JSON array) of every bad record and unreadable line: what
+        training's `on_bad_data: skip` leaves out (by line, so that a bad record never takes a good one with
+        the same id along)."""
+        return {problem.line for problem in self.problems if problem.line is not None}
 
     @property
     def unlocated_problems(self) -> list[DataProblem]:
@@ -97,20 +113,177 @@ class DatasetReport:
         }
 
 
-class SampleLength:
-    """Token length of a sample once rendered with a chat template and with each image expanded."""
+@dataclass(frozen=True)
+class MeasuredSample:
+    """Length of a sample in tokens with every image expanded, and how many of its tokens are supervised (inside
+    the template's `{% generation %}` markers, image tokens excluded: they are never labels)."""
 
-    def __init__(self, processor):
-        if not isinstance(getattr(processor, "chat_template", None), str):
+    length: int
+    supervised: int
+
+
+class SampleMeasure:
+    """Measures samples exactly as training renders them, many at a time: the tokenizer's own batched
+    `apply_chat_template` (one Jinja render per sample, one fast-tokenizer call per batch), with one `<image>` token
+    per image and the processor's expansion to `image_seq_length` tokens added arithmetically (no pixels needed).
+
+    `llava validate --max-length` and training's pre-training scan (`training.collators.scan_samples`) both use it.
+    """
+
+    def __init__(self, tokenizer, chat_template: str, image_token_id: int, image_seq_length: int):
+        if not isinstance(chat_template, str):
             raise ValueError("The processor has no chat template; the length check needs one to render samples.")
-        self.processor = processor
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.image_token_id = image_token_id
+        self.image_seq_length = image_seq_length
+        self.masks = "generation" in chat_template  # only a template with generation markers says what is learnt
 
-    def __call__(self, conversations: list[dict[str, str]]) -> int:
-        text = self.processor.apply_chat_template(llava_to_messages(conversations), tokenize=False)
-        tokens = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        # Each <image> is one token in `tokens` and becomes image_seq_length tokens in the model's input.
-        n_images = tokens.count(self.processor.image_token_id)
-        return len(tokens) + n_images * (self.processor.image_seq_length - 1)
+    @classmethod
+    def from_processor(cls, processor, chat_template: str | None = None) -> "SampleMeasure":
+        template = chat_template if chat_template is not None else getattr(processor, "chat_template", None)
+        return cls(processor.tokenizer, template, processor.image_token_id, processor.image_seq_length)
+
+    def identity(self) -> str:
+        """A digest of everything a measured length depends on (cache key part): template, vocabulary and merges,
+        image token and expansion, library versions."""
+        import tokenizers
+        import transformers
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        digest = hashlib.sha256()
+        for part in (self.chat_template, vocabulary, json.dumps(self.tokenizer.special_tokens_map, sort_keys=True),
+                     self.image_token_id, self.image_seq_length, transformers.__version__, tokenizers.__version__):
+            digest.update(str(part).encode("utf-8", "surrogatepass") + b"\0")
+        return digest.hexdigest()
+
+    def __call__(self, conversations: list[list[dict[str, Any]]]) -> list[MeasuredSample]:
+        """Measure a batch of TRL-style message lists (typed content, `{"type": "image"}` blocks)."""
+        if not conversations:
+            return []
+        encoded = self.tokenizer.apply_chat_template(
+            conversations,
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=self.masks,
+        )
+        extra_per_image = self.image_seq_length - 1
+        measured = []
+        for position, input_ids in enumerate(encoded["input_ids"]):
+            n_images = input_ids.count(self.image_token_id)
+            masks = encoded["assistant_masks"][position] if self.masks else [0] * len(input_ids)
+            supervised = sum(1 for token, keep in zip(input_ids, masks) if keep and token != self.image_token_id)
+            measured.append(MeasuredSample(len(input_ids) + n_images * extra_per_image, supervised))
+        return measured
+
+
+# Samples per batch given to the tokenizer: large enough for the Rust batch call to pay off, small enough that
+# memory stays a few MB whatever the file size.
+MEASURE_BATCH = 1024
+_WORKER_MEASURE: SampleMeasure | None = None  # the measure a forked worker process inherits
+
+
+def _measure_in_worker(conversations):
+    return _WORKER_MEASURE(conversations)
+
+
+def measure_batches(measure: SampleMeasure, batches, num_proc: int = 1):
+    """Yield `(batch, measured)` for each batch of `(key, messages)` pairs, in order, on `num_proc` processes.
+
+    Rendering is Python (one core per process) and tokenizing a batch is one Rust call, so processes are what
+    scales on a CPU; at most `2 * num_proc` batches are in flight, so memory does not grow with the input.
+    """
+    if num_proc <= 1:
+        for batch in batches:
+            yield batch, measure([messages for _, messages in batch])
+        return
+    import collections
+    import multiprocessing
+
+    global _WORKER_MEASURE
+    _WORKER_MEASURE = measure
+    # fork: the workers inherit the tokenizer instead of unpickling it; none has tokenized yet in this process
+    # when they start, so the tokenizer's own thread pool is not left in a forked, locked state.
+    with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+        in_flight = collections.deque()
+        for batch in batches:
+            in_flight.append((batch, pool.apply_async(_measure_in_worker, ([messages for _, messages in batch],))))
+            if len(in_flight) >= 2 * num_proc:
+                done, result = in_flight.popleft()
+                yield done, result.get()
+        while in_flight:
+            done, result = in_flight.popleft()
+            yield done, result.get()
+    _WORKER_MEASURE = None
+
+
+def batched(items, size: int):
+    """Lists of `size` consecutive items (the last one shorter); `itertools.batched` needs Python 3.12."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class LengthCache:
+    """Measured lengths of one data file for one `SampleMeasure`, kept on disk between runs.
+
+    The key is the file's resolved path, size and modification time plus the measure's identity (template,
+    tokenizer, image expansion): edit the file or change the processor and the lengths are measured again.
+    Entries are `line -> (length, supervised)`; the file is written atomically.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, data_path: str | os.PathLike, measure: SampleMeasure):
+        path = Path(data_path).resolve()
+        stat = path.stat()
+        key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{measure.identity()}".encode()).hexdigest()
+        self.path = Path(cache_dir) / f"{path.stem[:40]}-{key[:24]}.npz"
+        self.entries: dict[int, MeasuredSample] = {}
+        self.added = 0
+        if self.path.is_file():
+            try:
+                with np.load(self.path) as saved:
+                    self.entries = {
+                        int(line): MeasuredSample(int(length), int(supervised))
+                        for line, length, supervised in zip(saved["line"], saved["length"], saved["supervised"])
+                    }
+            except (OSError, ValueError, KeyError):
+                self.entries = {}  # an unreadable cache is measured again, not an error
+
+    def get(self, line: int) -> MeasuredSample | None:
+        return self.entries.get(line)
+
+    def put(self, line: int, measured: MeasuredSample) -> None:
+        self.entries[line] = measured
+        self.added += 1
+
+    def save(self) -> None:
+        if not self.added:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = np.fromiter(self.entries, dtype=np.int64, count=len(self.entries))
+        values = np.array([(m.length, m.supervised) for m in self.entries.values()], dtype=np.int64).reshape(-1, 2)
+        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        with temporary.open("wb") as handle:
+            np.savez(handle, line=lines, length=values[:, 0], supervised=values[:, 1])
+        temporary.replace(self.path)
+
+
+def default_cache_dir() -> Path:
+    """`$LLAVA_CACHE_DIR`, else `$XDG_CACHE_HOME/llava` (`~/.cache/llava`), `lengths` below it."""
+    root = os.environ.get("LLAVA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llava"
+    return Path(root) / "lengths"
+
+
+# Image checks are remembered for this many distinct paths (images shared by several samples are decoded once);
+# bounded so that memory does not grow with the dataset.
+IMAGE_CHECK_MEMORY = 65_536
 
 
 def check_dataset(
@@ -120,6 +293,8 @@ def check_dataset(
     max_length: int | None = None,
     decode_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_proc: int = 1,
+    cache_dir: str | os.PathLike | None = None,
 ) -> DatasetReport:
     """Check every sample of a LLaVA JSON/JSONL file and return a `DatasetReport`.
 
@@ -131,48 +306,75 @@ def check_dataset(
         max_length: longest allowed sample in tokens, images expanded.
         decode_images: decode each image completely (finds truncated data); `False` only checks that the files
             exist, which is much faster on large sets.
+        num_proc: processes that measure lengths (see `measure_batches`).
+        cache_dir: keep measured lengths there between runs (`LengthCache`); `None` measures every time.
     """
     if max_length is not None and processor is None:
         raise ValueError("The max_length check needs a processor (its tokenizer, template and image_seq_length).")
-    measure = SampleLength(processor) if max_length is not None else None
+    measure = SampleMeasure.from_processor(processor) if max_length is not None else None
+    cache = LengthCache(cache_dir, data_path, measure) if measure is not None and cache_dir is not None else None
     report = DatasetReport(path=str(data_path))
-    checked_images: dict[str, tuple[str, str] | None] = {}  # path -> (kind, reason) or None when fine
-    for item in iter_raw_records(data_path):
-        if isinstance(item, DataProblem):
-            report.problems.append(item)
-            continue
-        report.num_samples += 1
-        record = item.value
-        sample_id = str(record["id"]) if isinstance(record, dict) and "id" in record else f"line {item.line}"
+    image_problem = functools.lru_cache(maxsize=IMAGE_CHECK_MEMORY)(
+        lambda image: _image_problem(image_root, image, decode_images, max_pixels)
+    )
 
-        def add(kind: str, message: str) -> None:
-            report.problems.append(DataProblem(kind, message, str(data_path), item.line, sample_id))
+    def to_measure():
+        for checked in check_records(data_path, image_root):
+            report.problems.extend(checked.problems)
+            if checked.problems and checked.problems[0].kind in UNREADABLE_KINDS:
+                continue
+            report.num_samples += 1
+            if checked.record is None:
+                continue
+            structural = {problem.kind for problem in checked.problems}
+            images = record_images(checked.record) if not structural & {"bad_record", "bad_image_path"} else []
+            report.num_images += len(images)
+            if image_root is not None and not structural & {"unsafe_image_path"}:
+                for image in images:
+                    found = image_problem(image)
+                    if found is not None:
+                        report.problems.append(DataProblem(*found, str(data_path), checked.line, checked.sample_id))
+            if measure is None or checked.problems:
+                continue
+            measured = cache.get(checked.line) if cache is not None else None
+            if measured is not None:
+                _check_length(report, checked, measured, max_length)
+            else:
+                yield checked, llava_to_messages(checked.record["conversations"])
 
-        structure = conversation_problems(record)
-        for kind, message in structure:
-            add(kind, message)
-        if not isinstance(record, dict):
-            continue
-        images = record_images(record) if not any(kind == "bad_record" for kind, _ in structure) else []
-        report.num_images += len(images)
-        if image_root is not None:
-            for image in images:
-                if image not in checked_images:
-                    checked_images[image] = _image_problem(image_root, image, decode_images, max_pixels)
-                if checked_images[image] is not None:
-                    add(*checked_images[image])
-        if measure is not None and not structure:
-            length = measure(record["conversations"])
-            if length > max_length:
-                add("too_long", f"{length} tokens with images expanded, more than max_length={max_length}")
+    if measure is None:
+        for _ in to_measure():
+            pass
+    else:
+        for batch, measured in measure_batches(measure, batched(to_measure(), MEASURE_BATCH), num_proc):
+            for (checked, _), result in zip(batch, measured):
+                if cache is not None:
+                    cache.put(checked.line, result)
+                _check_length(report, checked, result, max_length)
+        if cache is not None:
+            cache.save()
+    report.problems.sort(key=lambda problem: problem.line if problem.line is not None else 0)
     return report
+
+
+def _check_length(report: DatasetReport, checked, measured: MeasuredSample, max_length: int) -> None:
+    if measured.length > max_length:
+        report.problems.append(
+            DataProblem(
+                "too_long",
+                f"{measured.length} tokens with images expanded, more than max_length={max_length}",
+                report.path,
+                checked.line,
+                checked.sample_id,
+            )
+        )
 
 
 def _image_problem(image_root, image: str, decode: bool, max_pixels: int) -> tuple[str, str] | None:
     try:
         if decode:
             load_image(image_root, image, max_pixels)
-        elif not resolve_image_path(image_root, image).is_file():
+        elif not image_file_exists(image_root, image):
             raise ImageLoadError(image, "no such image file", "missing_image")
     except ImageLoadError as error:
         return error.kind, str(error)

@@ -132,7 +132,13 @@ class LlavaDataCollator:
             processor_kwargs={"add_special_tokens": False, "padding": False, "truncation": False},
         )
         input_ids = encoded["input_ids"][0].tolist()
-        labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, encoded["assistant_masks"][0].tolist())]
+        image_token_id = self.processor.image_token_id
+        # The one labelling rule: a token is learnt only inside the template's generation markers and never when it
+        # is an image token, whatever the data says (an <image> in an answer is reported by the data checks too).
+        labels = [
+            token if keep and token != image_token_id else IGNORE_INDEX
+            for token, keep in zip(input_ids, encoded["assistant_masks"][0].tolist())
+        ]
         pixel_values = encoded.get("pixel_values") if images else None
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "images": images}
 
@@ -193,7 +199,24 @@ class LlavaDataCollator:
         pixel_values = [sample["pixel_values"] for sample in encoded if sample["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        check_labels(batch, self.processor.image_token_id)
         return BatchFeature(batch)
+
+
+def check_labels(batch: dict[str, torch.Tensor], image_token_id: int) -> None:
+    """Refuse a batch that supervises an image token or a padding position: the invariant of every collated batch.
+
+    Two elementwise comparisons over `(batch, length)` integers, cheap next to a forward pass. It raises rather than
+    `assert`s so that `python -O` cannot turn it off.
+    """
+    labels = batch["labels"]
+    bad = (labels != IGNORE_INDEX) & ((batch["input_ids"] == image_token_id) | (batch["attention_mask"] == 0))
+    if bool(bad.any()):
+        row, column = (int(index) for index in bad.nonzero()[0])
+        raise AssertionError(
+            f"labelling bug: batch row {row}, position {column} supervises an image or padding token "
+            f"(input id {int(batch['input_ids'][row, column])}); image tokens and padding must be -100."
+        )
 
 
 def stage1_collator(processor, max_length: int | None = 2048, on_bad_sample: str = "error", **kwargs) -> LlavaDataCollator:
@@ -240,27 +263,37 @@ class SampleScan:
     problem: str | None
 
 
-def scan_samples(dataset, collator: LlavaDataCollator) -> list[SampleScan]:
+def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1) -> list[SampleScan]:
     """Run the collator's per-sample checks over a whole TRL dataset before training, without decoding images.
 
-    Length and supervision do not depend on pixels: each sample is rendered and tokenized with one `<image>`
-    token per image (the tokenizer's `apply_chat_template`, the same template and generation markers), and the
-    processor's expansion of each `<image>` to `image_seq_length` tokens is added arithmetically.
+    Length and supervision do not depend on pixels: `processing.validate.SampleMeasure` (the same code as
+    `llava validate --max-length`) renders and tokenizes the samples in batches with one `<image>` token per image
+    (the tokenizer's `apply_chat_template`, the same template and generation markers) and adds the processor's
+    expansion of each `<image>` to `image_seq_length` tokens arithmetically.
     """
+    from processing.validate import MEASURE_BATCH, SampleMeasure, batched, measure_batches
+
     raw = dataset.with_format(None)  # drops a lazy image-loading transform: only the paths are needed
-    tokenizer = collator.processor.tokenizer
-    template = collator.chat_template if collator.chat_template is not None else collator.processor.chat_template
-    extra_per_image = collator.processor.image_seq_length - 1
+    measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
     scans = []
-    for position, row in enumerate(raw):
-        rendered = tokenizer.apply_chat_template(
-            row["messages"], chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        num_images = len(row.get("images") or [])
-        input_ids = list(rendered["input_ids"]) + [None] * (num_images * extra_per_image)
-        labels = [1 if keep else IGNORE_INDEX for keep in rendered["assistant_masks"]]
-        problem = collator.problem({"input_ids": input_ids, "labels": labels, "images": [None] * num_images})
-        scans.append(SampleScan(_sample_id(row, position), len(input_ids), num_images, problem))
+
+    def rows():  # (key, messages) pairs, read from the Arrow table a batch at a time
+        for start in range(0, len(raw), MEASURE_BATCH):
+            chunk = raw[start : start + MEASURE_BATCH]
+            for offset, messages in enumerate(chunk["messages"]):
+                row = {key: chunk[key][offset] for key in ("id", "images") if key in chunk}
+                yield (start + offset, row), messages
+
+    for batch, measured in measure_batches(measure, batched(rows(), MEASURE_BATCH), num_proc):
+        for ((position, row), _), result in zip(batch, measured):
+            num_images = len(row.get("images") or [])
+            # `problem` reads only lengths and whether any label is set: stand-ins carry exactly that.
+            stand_in = {
+                "input_ids": [None] * result.length,
+                "labels": [1] * result.supervised or [IGNORE_INDEX],
+                "images": [None] * num_images,
+            }
+            scans.append(SampleScan(_sample_id(row, position), result.length, num_images, collator.problem(stand_in)))
     return scans
 
 
@@ -275,6 +308,7 @@ __all__ = [
     "SkippedSample",
     "UnusableSampleError",
     "SampleScan",
+    "check_labels",
     "find_unusable_samples",
     "scan_samples",
     "resolve_template",
