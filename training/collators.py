@@ -37,13 +37,28 @@ class UnusableSampleError(ValueError):
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """A sample a collator (or the pre-training scan) left out, and why."""
+    """A sample a collator (or the pre-training checks) left out, and why; `file` and `line` say where it is in the
+    data file when known (a line whose id cannot be read has only those)."""
 
-    sample_id: str
+    sample_id: str | None
     reason: str
+    file: str | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"sample {self.sample_id!r}: {self.reason}"
+        where = f"{self.file}:{self.line} " if self.line is not None else ""
+        return f"{where}sample {self.sample_id!r}: {self.reason}" if self.sample_id is not None else f"{where}{self.reason}"
+
+
+def skipped_lines(report) -> list[SkippedSample]:
+    """One `SkippedSample` per bad line of a `processing.validate.DatasetReport` (its problems joined), in file order."""
+    by_line: dict[int | None, list] = {}
+    for problem in report.problems:
+        by_line.setdefault(problem.line, []).append(problem)
+    return [
+        SkippedSample(found[0].sample_id, "; ".join(f"{p.kind}: {p.message}" for p in found), found[0].file, line)
+        for line, found in by_line.items()
+    ]
 
 
 def _sample_id(example: dict[str, Any], position: int) -> str:
@@ -307,6 +322,7 @@ __all__ = [
     "LlavaDataCollator",
     "SkippedSample",
     "UnusableSampleError",
+    "skipped_lines",
     "SampleScan",
     "check_labels",
     "find_unusable_samples",
