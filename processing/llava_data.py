@@ -153,6 +153,10 @@ def _iter_json_array(path: Path) -> Iterator[RawRecord | DataProblem]:
             yield DataProblem("malformed_json", "the JSON array is not closed with ']'", str(path), _line_of(text, position))
             return
         if text[position] == "]":
+            rest = text[position + 1 :]
+            if rest.strip():
+                line = _line_of(text, position + 1 + len(rest) - len(rest.lstrip()))
+                yield DataProblem("malformed_json", f"data after the end of the JSON array (from line {line}) cannot be read", str(path), line)
             return
         try:
             value, end = decoder.raw_decode(text, position)
@@ -175,10 +179,14 @@ def _iter_json_array(path: Path) -> Iterator[RawRecord | DataProblem]:
 def iter_raw_records(path: str | os.PathLike) -> Iterator[RawRecord | DataProblem]:
     """Yield every record of a LLaVA JSON (array) or JSONL file, or a `DataProblem` for what cannot be read.
 
-    A JSONL file is read line by line and goes on after a bad line; a JSON array is read whole and stops at its
-    first syntax error (reported, with the line it stops at).
+    A `.jsonl`/`.ndjson` file is JSON lines; any other file is a JSON array when it starts with `[`. JSON lines
+    are read one at a time and reading goes on after a bad line; a JSON array is read whole and stops at its first
+    syntax error (reported, with the line it stops at).
     """
     path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        yield from _iter_jsonl(path)
+        return
     with path.open("rb") as handle:
         start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if start[:1] == b"[":
@@ -379,6 +387,8 @@ def load_llava_dataset(
             "extra": datasets.Value("string"),
         }
     )
+    if not rows:  # `Dataset.from_list([])` cannot match the features and raises; an empty table can
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     return datasets.Dataset.from_list(rows, features=features)
 
 
