@@ -14,9 +14,10 @@ import argparse
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,19 +131,22 @@ class SampleMeasure:
     `llava validate --max-length` and training's pre-training scan (`training.collators.scan_samples`) both use it.
     """
 
-    def __init__(self, tokenizer, chat_template: str, image_token_id: int, image_seq_length: int):
+    def __init__(self, tokenizer, chat_template: str, image_token_id: int, image_seq_length: int, supervision: bool = True):
         if not isinstance(chat_template, str):
             raise ValueError("The processor has no chat template; the length check needs one to render samples.")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.image_token_id = image_token_id
         self.image_seq_length = image_seq_length
-        self.masks = "generation" in chat_template  # only a template with generation markers says what is learnt
+        # Counting supervised tokens needs the assistant mask, which transformers builds in a Python loop over every
+        # token (a third of the time): only training's scan asks for it, and only a template with generation
+        # markers can answer.
+        self.masks = supervision and "generation" in chat_template
 
     @classmethod
-    def from_processor(cls, processor, chat_template: str | None = None) -> "SampleMeasure":
+    def from_processor(cls, processor, chat_template: str | None = None, supervision: bool = True) -> "SampleMeasure":
         template = chat_template if chat_template is not None else getattr(processor, "chat_template", None)
-        return cls(processor.tokenizer, template, processor.image_token_id, processor.image_seq_length)
+        return cls(processor.tokenizer, template, processor.image_token_id, processor.image_seq_length, supervision)
 
     def identity(self) -> str:
         """A digest of everything a measured length depends on (cache key part): template, vocabulary and merges,
@@ -154,7 +158,7 @@ class SampleMeasure:
         vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(self.tokenizer.get_vocab().items()))
         digest = hashlib.sha256()
         for part in (self.chat_template, vocabulary, json.dumps(self.tokenizer.special_tokens_map, sort_keys=True),
-                     self.image_token_id, self.image_seq_length, transformers.__version__, tokenizers.__version__):
+                     self.image_token_id, self.image_seq_length, self.masks, transformers.__version__, tokenizers.__version__):
             digest.update(str(part).encode("utf-8", "surrogatepass") + b"\0")
         return digest.hexdigest()
 
@@ -195,20 +199,20 @@ def measure_batches(measure: SampleMeasure, batches, num_proc: int = 1):
     Rendering is Python (one core per process) and tokenizing a batch is one Rust call, so processes are what
     scales on a CPU; at most `2 * num_proc` batches are in flight, so memory does not grow with the input.
     """
-    if num_proc <= 1:
-        for batch in batches:
+    batches = iter(batches)
+    first = next(batches, None)
+    second = next(batches, None) if first is not None else None
+    if num_proc <= 1 or second is None:  # one batch is not worth starting processes for
+        for batch in _chain(first, second, batches):
             yield batch, measure([messages for _, messages in batch])
         return
-    import collections
-    import multiprocessing
-
     global _WORKER_MEASURE
     _WORKER_MEASURE = measure
-    # fork: the workers inherit the tokenizer instead of unpickling it; none has tokenized yet in this process
-    # when they start, so the tokenizer's own thread pool is not left in a forked, locked state.
+    # fork: the workers inherit the tokenizer instead of unpickling it; nothing has been measured in this process
+    # yet, so the tokenizer's own thread pool is not left in a forked, locked state.
     with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-        in_flight = collections.deque()
-        for batch in batches:
+        in_flight = deque()
+        for batch in _chain(first, second, batches):
             in_flight.append((batch, pool.apply_async(_measure_in_worker, ([messages for _, messages in batch],))))
             if len(in_flight) >= 2 * num_proc:
                 done, result = in_flight.popleft()
@@ -217,6 +221,13 @@ def measure_batches(measure: SampleMeasure, batches, num_proc: int = 1):
             done, result = in_flight.popleft()
             yield done, result.get()
     _WORKER_MEASURE = None
+
+
+def _chain(first, second, rest):
+    for batch in (first, second):
+        if batch is not None:
+            yield batch
+    yield from rest
 
 
 def batched(items, size: int):
@@ -232,46 +243,54 @@ def batched(items, size: int):
 
 
 class LengthCache:
-    """Measured lengths of one data file for one `SampleMeasure`, kept on disk between runs.
+    """Measured lengths for one data file and one `SampleMeasure`, kept on disk between runs.
 
-    The key is the file's resolved path, size and modification time plus the measure's identity (template,
-    tokenizer, image expansion): edit the file or change the processor and the lengths are measured again.
-    Entries are `line -> (length, supervised)`; the file is written atomically.
+    The cache file is named after the data file's resolved path, the measure's identity (template, tokenizer,
+    image expansion, library versions) and `kind` (what is measured: `validate` measures the data's own image
+    placement, training its eq. (2) placement). Entries are keyed by a digest of the sample's content, so that an
+    edited file, skipped lines or a new order never return a wrong length: a changed sample is a new key.
+    Only the entries used by the last run are saved (atomically), so the file does not grow with edits.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, data_path: str | os.PathLike, measure: SampleMeasure):
+    def __init__(self, cache_dir: str | os.PathLike, data_path: str | os.PathLike, measure: SampleMeasure, kind: str):
         path = Path(data_path).resolve()
-        stat = path.stat()
-        key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{measure.identity()}".encode()).hexdigest()
-        self.path = Path(cache_dir) / f"{path.stem[:40]}-{key[:24]}.npz"
-        self.entries: dict[int, MeasuredSample] = {}
-        self.added = 0
+        key = hashlib.sha256(f"{path}\0{kind}\0{measure.identity()}".encode("utf-8", "surrogateescape")).hexdigest()
+        self.path = Path(cache_dir) / f"{path.stem[:40]}-{kind}-{key[:24]}.npz"
+        self.saved: dict[bytes, MeasuredSample] = {}
+        self.used: dict[bytes, MeasuredSample] = {}
         if self.path.is_file():
             try:
                 with np.load(self.path) as saved:
-                    self.entries = {
-                        int(line): MeasuredSample(int(length), int(supervised))
-                        for line, length, supervised in zip(saved["line"], saved["length"], saved["supervised"])
+                    self.saved = {
+                        bytes(digest): MeasuredSample(int(length), int(supervised))
+                        for digest, length, supervised in zip(saved["digest"], saved["length"], saved["supervised"])
                     }
             except (OSError, ValueError, KeyError):
-                self.entries = {}  # an unreadable cache is measured again, not an error
+                self.saved = {}  # an unreadable cache is measured again, not an error
 
-    def get(self, line: int) -> MeasuredSample | None:
-        return self.entries.get(line)
+    @staticmethod
+    def key(content: Any) -> bytes:
+        """The digest of a sample's content (its conversations or messages, any JSON value)."""
+        text = json.dumps(content, ensure_ascii=False, sort_keys=True)
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    def put(self, line: int, measured: MeasuredSample) -> None:
-        self.entries[line] = measured
-        self.added += 1
+    def get(self, key: bytes) -> MeasuredSample | None:
+        measured = self.saved.get(key)
+        if measured is not None:
+            self.used[key] = measured
+        return measured
+
+    def put(self, key: bytes, measured: MeasuredSample) -> None:
+        self.used[key] = measured
 
     def save(self) -> None:
-        if not self.added:
+        if self.used.keys() == self.saved.keys():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = np.fromiter(self.entries, dtype=np.int64, count=len(self.entries))
-        values = np.array([(m.length, m.supervised) for m in self.entries.values()], dtype=np.int64).reshape(-1, 2)
+        values = np.array([(m.length, m.supervised) for m in self.used.values()], dtype=np.int64).reshape(-1, 2)
         temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         with temporary.open("wb") as handle:
-            np.savez(handle, line=lines, length=values[:, 0], supervised=values[:, 1])
+            np.savez(handle, digest=np.array(list(self.used), dtype="S16"), length=values[:, 0], supervised=values[:, 1])
         temporary.replace(self.path)
 
 
@@ -311,8 +330,8 @@ def check_dataset(
     """
     if max_length is not None and processor is None:
         raise ValueError("The max_length check needs a processor (its tokenizer, template and image_seq_length).")
-    measure = SampleMeasure.from_processor(processor) if max_length is not None else None
-    cache = LengthCache(cache_dir, data_path, measure) if measure is not None and cache_dir is not None else None
+    measure = SampleMeasure.from_processor(processor, supervision=False) if max_length is not None else None
+    cache = LengthCache(cache_dir, data_path, measure, "validate") if measure is not None and cache_dir is not None else None
     report = DatasetReport(path=str(data_path))
     image_problem = functools.lru_cache(maxsize=IMAGE_CHECK_MEMORY)(
         lambda image: _image_problem(image_root, image, decode_images, max_pixels)
@@ -336,20 +355,21 @@ def check_dataset(
                         report.problems.append(DataProblem(*found, str(data_path), checked.line, checked.sample_id))
             if measure is None or checked.problems:
                 continue
-            measured = cache.get(checked.line) if cache is not None else None
+            key = LengthCache.key(checked.record["conversations"]) if cache is not None else None
+            measured = cache.get(key) if cache is not None else None
             if measured is not None:
                 _check_length(report, checked, measured, max_length)
             else:
-                yield checked, llava_to_messages(checked.record["conversations"])
+                yield (checked, key), llava_to_messages(checked.record["conversations"])
 
     if measure is None:
         for _ in to_measure():
             pass
     else:
         for batch, measured in measure_batches(measure, batched(to_measure(), MEASURE_BATCH), num_proc):
-            for (checked, _), result in zip(batch, measured):
+            for ((checked, key), _), result in zip(batch, measured):
                 if cache is not None:
-                    cache.put(checked.line, result)
+                    cache.put(key, result)
                 _check_length(report, checked, result, max_length)
         if cache is not None:
             cache.save()
@@ -402,6 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-decode", action="store_true", help="only check that image files exist instead of decoding each one (faster)"
     )
+    parser.add_argument(
+        "--num-proc", type=int, default=os.cpu_count() or 1,
+        help="processes that measure lengths for --max-length (default: every CPU core)",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None,
+        help="where measured lengths are kept between runs (default $LLAVA_CACHE_DIR or ~/.cache/llava; the key is "
+        "the data file and the processor, and a changed sample is measured again)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="measure every length again and keep nothing")
     parser.add_argument("--max-ids", type=int, default=10, help="problems listed per kind in the printed report (default 10)")
     parser.add_argument("--json", metavar="PATH", help="also write the full report (every problem and failing id) as JSON")
     args = parser.parse_args(argv)
@@ -416,7 +446,13 @@ def main(argv: list[str] | None = None) -> int:
 
         processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
     report = check_dataset(
-        args.data, args.image_root, processor=processor, max_length=args.max_length, decode_images=not args.no_decode
+        args.data,
+        args.image_root,
+        processor=processor,
+        max_length=args.max_length,
+        decode_images=not args.no_decode,
+        num_proc=max(1, args.num_proc),
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
     )
     print(report.format(max_ids=args.max_ids))
     if args.json:

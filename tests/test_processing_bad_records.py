@@ -144,3 +144,50 @@ def test_skip_mode_keeps_a_good_sample_that_shares_its_id_with_a_bad_one(tmp_pat
     args, training_args = skip_args(tmp_path, path, root)
     dataset, _, skipped = prepare_dataset(args, training_args, stage2_collator(tiny_processor("chatml"), max_length=512))
     assert len(dataset) == 1 and [(s.sample_id, s.line) for s in skipped] == [("same", 2)]
+
+
+# What the fuzzing (tests/test_fuzz_data.py) found beyond the table, each pinned by an explicit example.
+def test_a_jsonl_file_whose_first_line_is_a_list_is_still_read_line_by_line(tmp_path, root):
+    path = tmp_path / "data.jsonl"
+    path.write_text("[1, 2]\n" + json.dumps(sample("good", "ok.png")) + "\n")
+    report = check_dataset(path, root)
+    assert report.failing_lines == {1} and report.num_samples == 2
+    # before, the file was read as a JSON array `[1, 2]` and the good record after it silently dropped
+    assert load_llava_dataset(path, root, skip_unreadable_lines=True)["id"] == ["good"]
+
+
+def test_data_after_the_end_of_a_json_array_is_reported(tmp_path, root):
+    path = tmp_path / "data.json"
+    path.write_text("[" + json.dumps(sample("good", "ok.png")) + "]\n" + json.dumps(sample("lost", "ok.png")) + "\n")
+    report = check_dataset(path, root)
+    assert [(p.kind, p.line) for p in report.problems] == [("malformed_json", 2)]
+
+
+def test_json_the_decoder_cannot_take_is_a_malformed_line(tmp_path, root):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"[" * 100_000 + b"\n" + b'{"id": ' + b"9" * 5000 + b"}\n" + json.dumps(sample("good", "ok.png")).encode())
+    report = check_dataset(path, root)
+    assert [(p.kind, p.line) for p in report.problems] == [("malformed_json", 1), ("malformed_json", 2)]
+
+
+def test_lone_surrogates_are_reported_not_passed_to_the_tokenizer(tmp_path, root):
+    record = sample("surrogate", "ok.png", [("human", "<image>\nHi \\ud800"), ("gpt", "Hello.")])
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record).replace("\\\\ud800", "\\ud800") + "\n" + json.dumps({**sample("x"), "id": "a\\udfffb"}).replace("\\\\udfff", "\\udfff") + "\n")
+    report = check_dataset(path, root)
+    assert {(p.kind, p.line) for p in report.problems} >= {("bad_text", 1), ("bad_record", 2)}
+    report.format().encode("utf-8")
+
+
+def test_skipping_every_line_leaves_an_empty_dataset_not_a_crash(tmp_path, root):
+    path = write_jsonl(tmp_path / "data.jsonl", [sample("bad", "missing.png")])
+    assert len(load_llava_dataset(path, root, exclude_lines={1})) == 0
+
+
+def test_the_image_token_written_as_text_is_refused_by_the_collator_with_its_own_error():
+    from training.collators import UnusableSampleError
+
+    example = {"id": "t", "images": [], "messages": [{"role": "user", "content": [{"type": "text", "text": "<image>"}]},
+                                                     {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}
+    with pytest.raises(UnusableSampleError, match="image token"):
+        stage2_collator(tiny_processor("chatml"), max_length=None)([example])

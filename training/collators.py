@@ -66,16 +66,21 @@ def _sample_id(example: dict[str, Any], position: int) -> str:
     return str(sample_id) if sample_id is not None else f"#{position} of the batch (no 'id' column)"
 
 
-def _fill_images(messages: list[dict[str, Any]], images: Sequence[Any]) -> list[dict[str, Any]]:
+def _fill_images(messages: list[dict[str, Any]], images: Sequence[Any], image_token: str) -> list[dict[str, Any]]:
     """Put the sample's images into its `{"type": "image"}` blocks, in reading order.
 
     TRL's `prepare_multimodal_messages` does the same but moves images of string contents to the front of the
-    first user turn; LLaVA data places them explicitly, so here the count must match exactly.
+    first user turn; LLaVA data places them explicitly, so here the count must match exactly. The image token
+    written as text (`"<image>"` inside a text block, which `llava_to_messages` never produces) is refused here:
+    the processor would count it as an image and fail with its own error.
     """
     remaining = list(images)
     filled = []
     for message in messages:
         content = message["content"]
+        texts = [content] if isinstance(content, str) else [b.get("text") for b in content if b.get("type") == "text"]
+        if any(isinstance(text, str) and image_token in text for text in texts):
+            raise UnusableSampleError(f"a text block holds the image token {image_token!r}; images need image blocks")
         if isinstance(content, list):
             new_content = []
             for block in content:
@@ -135,7 +140,7 @@ class LlavaDataCollator:
     def encode(self, example: dict[str, Any]) -> dict[str, Any]:
         """Render and tokenize one example (images expanded); returns `input_ids`, `labels` and `pixel_values`."""
         images = list(example.get("images") or [])
-        messages = _fill_images(example["messages"], images)
+        messages = _fill_images(example["messages"], images, self.processor.image_token)
         encoded = self.processor.apply_chat_template(
             messages,
             chat_template=self.chat_template,
@@ -278,38 +283,57 @@ class SampleScan:
     problem: str | None
 
 
-def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1) -> list[SampleScan]:
+def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1, cache=None) -> list[SampleScan]:
     """Run the collator's per-sample checks over a whole TRL dataset before training, without decoding images.
 
     Length and supervision do not depend on pixels: `processing.validate.SampleMeasure` (the same code as
     `llava validate --max-length`) renders and tokenizes the samples in batches with one `<image>` token per image
     (the tokenizer's `apply_chat_template`, the same template and generation markers) and adds the processor's
-    expansion of each `<image>` to `image_seq_length` tokens arithmetically.
+    expansion of each `<image>` to `image_seq_length` tokens arithmetically. `num_proc` processes measure;
+    `cache` is a `processing.validate.LengthCache` (or `None`) whose lengths are reused and extended.
     """
-    from processing.validate import MEASURE_BATCH, SampleMeasure, batched, measure_batches
+    from processing.validate import MEASURE_BATCH, LengthCache, SampleMeasure, batched, measure_batches
 
     raw = dataset.with_format(None)  # drops a lazy image-loading transform: only the paths are needed
     measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
-    scans = []
+    scans: list[SampleScan | None] = [None] * len(raw)
 
-    def rows():  # (key, messages) pairs, read from the Arrow table a batch at a time
+    def add(position: int, row: dict, result) -> None:
+        num_images = len(row.get("images") or [])
+        # `problem` reads only lengths and whether any label is set: stand-ins carry exactly that.
+        stand_in = {"input_ids": [None] * result.length, "labels": [1] * result.supervised or [IGNORE_INDEX],
+                    "images": [None] * num_images}
+        scans[position] = SampleScan(_sample_id(row, position), result.length, num_images, collator.problem(stand_in))
+
+    def to_measure():  # rows not in the cache, as ((position, row, key), messages), read a batch at a time
         for start in range(0, len(raw), MEASURE_BATCH):
             chunk = raw[start : start + MEASURE_BATCH]
             for offset, messages in enumerate(chunk["messages"]):
-                row = {key: chunk[key][offset] for key in ("id", "images") if key in chunk}
-                yield (start + offset, row), messages
+                row = {name: chunk[name][offset] for name in ("id", "images") if name in chunk}
+                key = LengthCache.key(messages) if cache is not None else None
+                cached = cache.get(key) if cache is not None else None
+                if cached is not None:
+                    add(start + offset, row, cached)
+                else:
+                    yield (start + offset, row, key), messages
 
-    for batch, measured in measure_batches(measure, batched(rows(), MEASURE_BATCH), num_proc):
-        for ((position, row), _), result in zip(batch, measured):
-            num_images = len(row.get("images") or [])
-            # `problem` reads only lengths and whether any label is set: stand-ins carry exactly that.
-            stand_in = {
-                "input_ids": [None] * result.length,
-                "labels": [1] * result.supervised or [IGNORE_INDEX],
-                "images": [None] * num_images,
-            }
-            scans.append(SampleScan(_sample_id(row, position), result.length, num_images, collator.problem(stand_in)))
+    for batch, measured in measure_batches(measure, batched(to_measure(), MEASURE_BATCH), num_proc):
+        for ((position, row, key), _), result in zip(batch, measured):
+            if cache is not None:
+                cache.put(key, result)
+            add(position, row, result)
+    if cache is not None:
+        cache.save()
     return scans
+
+
+def length_cache(data_path, collator: LlavaDataCollator, cache_dir=None):
+    """The pre-training scan's `processing.validate.LengthCache` for `data_path` with the collator's template, in
+    `cache_dir` (default `$LLAVA_CACHE_DIR` or `~/.cache/llava`, see `default_cache_dir`)."""
+    from processing.validate import LengthCache, SampleMeasure, default_cache_dir
+
+    measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
+    return LengthCache(cache_dir or default_cache_dir(), data_path, measure, "train")
 
 
 def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedSample]:
@@ -325,6 +349,7 @@ __all__ = [
     "skipped_lines",
     "SampleScan",
     "check_labels",
+    "length_cache",
     "find_unusable_samples",
     "scan_samples",
     "resolve_template",

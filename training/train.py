@@ -205,7 +205,7 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
     from processing.llava_data import load_llava_dataset, to_trl_dataset
     from processing.validate import check_dataset
 
-    from .collators import SkippedSample, scan_samples, skipped_lines
+    from .collators import SkippedSample, length_cache, scan_samples, skipped_lines
 
     if args.data_path is None:
         raise ValueError("data_path is required: a LLaVA JSON/JSONL file.")
@@ -222,7 +222,8 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
             dataset, image_root=image_root, image_first_ratio=args.image_first_ratio, seed=training_args.seed
         )
 
-    scans = scan_samples(convert(llava, None), collator)
+    num_proc = training_args.dataset_num_proc or 1
+    scans = scan_samples(convert(llava, None), collator, num_proc=num_proc, cache=length_cache(args.data_path, collator))
     unusable = [SkippedSample(scan.sample_id, scan.problem) for scan in scans if scan.problem]
     if unusable and args.on_bad_data == "error":
         listed = "\n".join(f"  {sample}" for sample in unusable[:20])
