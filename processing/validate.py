@@ -142,28 +142,6 @@ class SampleMeasure:
         # token (a third of the time): only training's scan asks for it, and only a template with generation
         # markers can answer.
         self.masks = supervision and "generation" in chat_template
-        self._check_template_renders_images()
-
-    def _check_template_renders_images(self) -> None:
-        """Refuse, with the fix, a template that cannot render typed content (an LLM's own text-only template,
-        e.g. SmolLM2's ChatML after converting a llava-hf checkpoint): Jinja would fail on every sample with
-        `TypeError: can only concatenate str (not "list") to str`."""
-        probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}]
-        try:
-            rendered = self.tokenizer.apply_chat_template([probe], chat_template=self.chat_template, tokenize=False)[0]
-        except Exception as error:  # a Jinja TypeError/UndefinedError/TemplateError: any failure means the same here
-            reason = f"{type(error).__name__}: {error}"
-        else:
-            if self.tokenizer.convert_ids_to_tokens(self.image_token_id) in rendered:
-                return
-            reason = "it renders no image token for an image block"
-        raise ValueError(
-            f"The chat template cannot render image content ({reason}). It is probably the language model's own "
-            "text-only template. Give the processor a multimodal one, e.g. "
-            "`processor.chat_template = processing.templates.get_chat_template('chatml')` (or 'vicuna_v1', 'paper', "
-            "'llama2') and save it again, or build/convert with `--chat-template NAME`."
-        )
 
     @classmethod
     def from_processor(cls, processor, chat_template: str | None = None, supervision: bool = True) -> "SampleMeasure":
@@ -467,20 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
-        if args.max_length is not None:
-            try:
-                SampleMeasure.from_processor(processor)
-            except ValueError as error:
-                print(f"llava validate: {args.processor}: {error}", file=sys.stderr)
-                return 2
     report = check_dataset(
-        args.data,
-        args.image_root,
-        processor=processor,
-        max_length=args.max_length,
-        decode_images=not args.no_decode,
-        num_proc=max(1, args.num_proc),
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        args.data, args.image_root, processor=processor, max_length=args.max_length, decode_images=not args.no_decode,
+        num_proc=max(1, args.num_proc), cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
     )
     print(report.format(max_ids=args.max_ids))
     if args.json:

@@ -127,15 +127,3 @@ def test_cli_help_explains_every_option():
     for option in ("--image-root", "--processor", "--max-length", "--no-decode", "--json"):
         assert option in result.stdout
 
-
-def test_cli_refuses_a_text_only_template_with_the_fix(tmp_path, messy):
-    """A processor holding the LLM's own text-only chat template (SmolLM2's ChatML, as after converting a llava-hf
-    checkpoint) cannot render image blocks: one clear message with the fix, not a Jinja traceback."""
-    path, root = messy
-    processor = make_processor(template=None, image_seq_length=100)
-    processor.chat_template = processor.tokenizer.chat_template
-    processor.save_pretrained(tmp_path / "processor")
-    result = _cli(str(path), "--image-root", str(root), "--processor", str(tmp_path / "processor"), "--max-length", "150")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "cannot render image content" in result.stderr and "get_chat_template('chatml')" in result.stderr
