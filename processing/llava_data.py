@@ -11,6 +11,7 @@ lazily from the image root when a row is read; `messages_to_llava` goes back.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import random
@@ -133,47 +134,102 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord | DataProblem]:
                 )
 
 
-def _iter_json_array(path: Path) -> Iterator[RawRecord | DataProblem]:
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        yield DataProblem("bad_encoding", "not valid UTF-8 text (the whole array is unreadable)", str(path), _line_of(data, error.start))
-        return
-    del data
-    # json.load would give no line numbers per record; decoding element by element keeps them for the reports.
-    decoder = json.JSONDecoder()
-    position = text.index("[") + 1
-    while True:
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text):
-            yield DataProblem("malformed_json", "the JSON array is not closed with ']'", str(path), _line_of(text, position))
-            return
-        if text[position] == "]":
-            rest = text[position + 1 :]
-            if rest.strip():
-                line = _line_of(text, position + 1 + len(rest) - len(rest.lstrip()))
-                yield DataProblem("malformed_json", f"data after the end of the JSON array (from line {line}) cannot be read", str(path), line)
-            return
+class _ArrayReader:
+    """A JSON array file read a chunk at a time: a text buffer, its first line number, and whether the file is done.
+
+    `json` has no streaming decoder; `JSONDecoder.raw_decode` on a buffer that is refilled when a value runs past its
+    end keeps memory at one chunk plus one record, whatever the file size (LLaVA-1.5's 665K mix is a 1 GB array).
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.text = ""
+        self.first_line = 1
+        self.eof = False
+        self.bad_byte_line: int | None = None  # set when the file turns out not to be UTF-8
+
+    def fill(self) -> bool:
+        """Read one more chunk; `False` at the end of the file or at bytes that are not UTF-8."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(self.CHUNK)
         try:
-            value, end = decoder.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError, ValueError) as error:
-            # A syntax error inside an array leaves no safe place to resume: report it and stop.
-            line = error.lineno if isinstance(error, json.JSONDecodeError) else _line_of(text, position)
-            why = error.msg if isinstance(error, json.JSONDecodeError) else "a value nested too deeply or too large"
-            yield DataProblem(
-                "malformed_json",
-                f"malformed JSON: {why}; the rest of the array (from line {_line_of(text, position)}) cannot be read",
-                str(path),
-                line,
-                _readable_id(text[position : position + 2000]),
-            )
-            return
-        yield RawRecord(_line_of(text, position), value)
-        position = end
+            self.text += self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as error:
+            self.bad_byte_line = self.line_of(len(self.text)) + chunk[: error.start].count(b"\n")
+            self.eof = True
+            return False
+        self.eof = not chunk
+        return bool(chunk)
+
+    def line_of(self, position: int) -> int:
+        return self.first_line + self.text.count("\n", 0, position)
+
+    def drop_before(self, position: int) -> int:
+        """Forget the text before `position` (already decoded); returns the new position (0)."""
+        self.first_line += self.text.count("\n", 0, position)
+        self.text = self.text[position:]
+        return 0
+
+
+def _iter_json_array(path: Path) -> Iterator[RawRecord | DataProblem]:
+    decoder = json.JSONDecoder()
+    with path.open("rb") as handle:
+        reader = _ArrayReader(handle)
+        while "[" not in reader.text and reader.fill():
+            pass
+        position = reader.text.index("[") + 1 if "[" in reader.text else len(reader.text)
+        while True:
+            while True:  # skip separators, reading on when the buffer runs out
+                while position < len(reader.text) and reader.text[position] in " \t\r\n,":
+                    position += 1
+                if position < len(reader.text) or not reader.fill():
+                    break
+            position = reader.drop_before(position)
+            if position >= len(reader.text):
+                if reader.bad_byte_line is not None:
+                    yield DataProblem("bad_encoding", "not valid UTF-8 text (the rest of the array cannot be read)", str(path), reader.bad_byte_line)
+                else:
+                    yield DataProblem("malformed_json", "the JSON array is not closed with ']'", str(path), reader.line_of(position))
+                return
+            if reader.text[position] == "]":
+                while reader.fill():
+                    pass
+                rest = reader.text[position + 1 :]
+                if rest.strip():
+                    line = reader.line_of(position + 1 + len(rest) - len(rest.lstrip()))
+                    yield DataProblem("malformed_json", f"data after the end of the JSON array (from line {line}) cannot be read", str(path), line)
+                elif reader.bad_byte_line is not None:
+                    yield DataProblem("bad_encoding", "not valid UTF-8 text after the end of the JSON array", str(path), reader.bad_byte_line)
+                return
+            while True:
+                try:
+                    value, end = decoder.raw_decode(reader.text, position)
+                except (json.JSONDecodeError, RecursionError, ValueError) as error:
+                    if reader.fill():
+                        continue  # the value may only run past the buffer: read on and decode it again
+                    if reader.bad_byte_line is not None:
+                        yield DataProblem("bad_encoding", "not valid UTF-8 text (the rest of the array cannot be read)", str(path), reader.bad_byte_line)
+                        return
+                    # A syntax error inside an array leaves no safe place to resume: report it and stop.
+                    line = reader.first_line + error.lineno - 1 if isinstance(error, json.JSONDecodeError) else reader.line_of(position)
+                    why = error.msg if isinstance(error, json.JSONDecodeError) else "a value nested too deeply or too large"
+                    yield DataProblem(
+                        "malformed_json",
+                        f"malformed JSON: {why}; the rest of the array (from line {reader.line_of(position)}) cannot be read",
+                        str(path),
+                        line,
+                        _readable_id(reader.text[position : position + 2000]),
+                    )
+                    return
+                if end == len(reader.text) and reader.fill():
+                    continue  # a number or literal cut by the buffer's end would decode as a shorter one
+                break
+            yield RawRecord(reader.line_of(position), value)
+            position = end
 
 
 def iter_raw_records(path: str | os.PathLike) -> Iterator[RawRecord | DataProblem]:

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import bad_records, encode_line, fuzz_settings, good_records, image_files, junk_lines, make_image_root
+from fuzz_strategies import (
+    bad_records, encode_line, fuzz_settings, good_records, image_files, json_value, junk_lines, make_image_root,
+)
 from processing.images import ImageLoadError, open_image
 from processing.llava_data import LlavaDataError, load_llava_dataset, to_trl_dataset
 from processing.validate import check_dataset
@@ -187,3 +189,30 @@ def test_train_skip_end_to_end(world, tiny_model, lines):
     saved = json.loads((output_dir / SKIPPED_FILE).read_text(encoding="utf-8")) if verdicts["bad"] or verdicts["junk"] else []
     assert set(verdicts["bad"]) <= {entry["line"] for entry in saved}
     assert len(output.losses) == 1
+
+
+@fuzz_settings(ci_examples=60)
+@given(values=st.lists(st.one_of(good_records(), json_value), max_size=6), chunk=st.integers(1, 64),
+       indent=st.sampled_from([None, 1, 4]), tail=st.sampled_from(["", "\n", "  \n\n", "\nextra"]))
+def test_json_array_read_in_chunks_matches_json_loads(world, values, chunk, indent, tail):
+    """The streaming JSON-array reader, with chunks as small as one byte: the same values as `json.loads`, each
+    on the line where it starts, and data after the closing bracket reported."""
+    from processing import llava_data
+
+    text = json.dumps(values, indent=indent, ensure_ascii=False) + tail
+    path = world["base"] / f"array-{next(world['names'])}.json"
+    path.write_text(text, encoding="utf-8")
+    original = llava_data._ArrayReader.CHUNK
+    llava_data._ArrayReader.CHUNK = chunk
+    try:
+        items = list(llava_data.iter_raw_records(path))
+    finally:
+        llava_data._ArrayReader.CHUNK = original
+    problems = [item for item in items if isinstance(item, llava_data.DataProblem)]
+    assert [item.value for item in items if not isinstance(item, llava_data.DataProblem)] == values
+    assert len(problems) == (1 if tail.strip() else 0)
+    if indent is not None and values:
+        lines = text.split("\n")
+        for item in items:
+            if not isinstance(item, llava_data.DataProblem):
+                assert lines[item.line - 1].strip()  # the value's first line, not a blank
