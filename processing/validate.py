@@ -11,6 +11,7 @@ truncates image tokens.
 from __future__ import annotations
 
 import argparse
+import array
 import functools
 import hashlib
 import json
@@ -250,23 +251,28 @@ class LengthCache:
     placement, training its eq. (2) placement). Entries are keyed by a digest of the sample's content, so that an
     edited file, skipped lines or a new order never return a wrong length: a changed sample is a new key.
     Only the entries used by the last run are saved (atomically), so the file does not grow with edits.
+
+    Entries live in flat arrays (16-byte digests, sorted, looked up a batch at a time with `np.searchsorted`), not
+    in a dict of Python objects: 32 bytes per sample, ~21 MB for 665K samples instead of ~150 MB.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, data_path: str | os.PathLike, measure: SampleMeasure, kind: str):
         path = Path(data_path).resolve()
         key = hashlib.sha256(f"{path}\0{kind}\0{measure.identity()}".encode("utf-8", "surrogateescape")).hexdigest()
         self.path = Path(cache_dir) / f"{path.stem[:40]}-{kind}-{key[:24]}.npz"
-        self.saved: dict[bytes, MeasuredSample] = {}
-        self.used: dict[bytes, MeasuredSample] = {}
+        self.digests = np.zeros(0, dtype="S16")
+        self.values = np.zeros((0, 2), dtype=np.int64)
         if self.path.is_file():
             try:
                 with np.load(self.path) as saved:
-                    self.saved = {
-                        bytes(digest): MeasuredSample(int(length), int(supervised))
-                        for digest, length, supervised in zip(saved["digest"], saved["length"], saved["supervised"])
-                    }
+                    order = np.argsort(saved["digest"])
+                    self.digests = saved["digest"][order]
+                    self.values = np.stack([saved["length"][order], saved["supervised"][order]], axis=1)
             except (OSError, ValueError, KeyError):
-                self.saved = {}  # an unreadable cache is measured again, not an error
+                pass  # an unreadable cache is measured again, not an error
+        self.hits = np.zeros(len(self.digests), dtype=bool)
+        self.new_digests = bytearray()
+        self.new_values = array.array("q")
 
     @staticmethod
     def key(content: Any) -> bytes:
@@ -274,24 +280,46 @@ class LengthCache:
         text = json.dumps(content, ensure_ascii=False, sort_keys=True)
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    def get(self, key: bytes) -> MeasuredSample | None:
-        measured = self.saved.get(key)
-        if measured is not None:
-            self.used[key] = measured
-        return measured
+    def lookup(self, keys: list[bytes]) -> list[MeasuredSample | None]:
+        """The cached measurement of each key, `None` where there is none."""
+        if not len(self.digests) or not keys:
+            return [None] * len(keys)
+        wanted = np.array(keys, dtype="S16")
+        positions = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
+        found = self.digests[positions] == wanted
+        self.hits[positions[found]] = True
+        return [MeasuredSample(*map(int, self.values[at])) if ok else None for at, ok in zip(positions, found)]
 
     def put(self, key: bytes, measured: MeasuredSample) -> None:
-        self.used[key] = measured
+        self.new_digests += key
+        self.new_values.extend((measured.length, measured.supervised))
 
     def save(self) -> None:
-        if self.used.keys() == self.saved.keys():
+        if not self.new_values and self.hits.all():
             return
+        digests = np.concatenate([self.digests[self.hits], np.frombuffer(bytes(self.new_digests), dtype="S16")])
+        values = np.concatenate([self.values[self.hits], np.asarray(self.new_values, dtype=np.int64).reshape(-1, 2)])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        values = np.array([(m.length, m.supervised) for m in self.used.values()], dtype=np.int64).reshape(-1, 2)
         temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         with temporary.open("wb") as handle:
-            np.savez(handle, digest=np.array(list(self.used), dtype="S16"), length=values[:, 0], supervised=values[:, 1])
+            np.savez(handle, digest=digests, length=values[:, 0], supervised=values[:, 1])
         temporary.replace(self.path)
+
+
+def cached_batches(candidates, cache: LengthCache | None, on_cached, to_messages):
+    """Batches of `(item, messages)` left to measure, from `(item, content)` candidates: those `cache` already
+    knows go to `on_cached(item, measured)` instead. Items become `(item, key)` so that results can be stored."""
+    for batch in batched(candidates, MEASURE_BATCH):
+        keys = [LengthCache.key(content) for _, content in batch] if cache is not None else [None] * len(batch)
+        known = cache.lookup(keys) if cache is not None else [None] * len(batch)
+        missing = []
+        for (item, content), key, measured in zip(batch, keys, known):
+            if measured is not None:
+                on_cached(item, measured)
+            else:
+                missing.append(((item, key), to_messages(content)))
+        if missing:
+            yield missing
 
 
 def default_cache_dir() -> Path:
@@ -353,20 +381,16 @@ def check_dataset(
                     found = image_problem(image)
                     if found is not None:
                         report.problems.append(DataProblem(*found, str(data_path), checked.line, checked.sample_id))
-            if measure is None or checked.problems:
-                continue
-            key = LengthCache.key(checked.record["conversations"]) if cache is not None else None
-            measured = cache.get(key) if cache is not None else None
-            if measured is not None:
-                _check_length(report, checked, measured, max_length)
-            else:
-                yield (checked, key), llava_to_messages(checked.record["conversations"])
+            if measure is not None and not checked.problems:
+                yield checked, checked.record["conversations"]
 
     if measure is None:
         for _ in to_measure():
             pass
     else:
-        for batch, measured in measure_batches(measure, batched(to_measure(), MEASURE_BATCH), num_proc):
+        on_cached = functools.partial(_check_length, report, max_length=max_length)
+        batches = cached_batches(to_measure(), cache, on_cached, llava_to_messages)
+        for batch, measured in measure_batches(measure, batches, num_proc):
             for ((checked, key), _), result in zip(batch, measured):
                 if cache is not None:
                     cache.put(key, result)
@@ -378,6 +402,7 @@ def check_dataset(
 
 
 def _check_length(report: DatasetReport, checked, measured: MeasuredSample, max_length: int) -> None:
+    """Add a `too_long` problem for `checked` when `measured` is over `max_length`."""
     if measured.length > max_length:
         report.problems.append(
             DataProblem(

@@ -292,7 +292,7 @@ def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1, cache=
     expansion of each `<image>` to `image_seq_length` tokens arithmetically. `num_proc` processes measure;
     `cache` is a `processing.validate.LengthCache` (or `None`) whose lengths are reused and extended.
     """
-    from processing.validate import MEASURE_BATCH, LengthCache, SampleMeasure, batched, measure_batches
+    from processing.validate import MEASURE_BATCH, SampleMeasure, cached_batches, measure_batches
 
     raw = dataset.with_format(None)  # drops a lazy image-loading transform: only the paths are needed
     measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
@@ -305,20 +305,15 @@ def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1, cache=
                     "images": [None] * num_images}
         scans[position] = SampleScan(_sample_id(row, position), result.length, num_images, collator.problem(stand_in))
 
-    def to_measure():  # rows not in the cache, as ((position, row, key), messages), read a batch at a time
+    def rows():  # ((position, row), messages), read from the Arrow table a batch at a time
         for start in range(0, len(raw), MEASURE_BATCH):
             chunk = raw[start : start + MEASURE_BATCH]
             for offset, messages in enumerate(chunk["messages"]):
-                row = {name: chunk[name][offset] for name in ("id", "images") if name in chunk}
-                key = LengthCache.key(messages) if cache is not None else None
-                cached = cache.get(key) if cache is not None else None
-                if cached is not None:
-                    add(start + offset, row, cached)
-                else:
-                    yield (start + offset, row, key), messages
+                yield (start + offset, {name: chunk[name][offset] for name in ("id", "images") if name in chunk}), messages
 
-    for batch, measured in measure_batches(measure, batched(to_measure(), MEASURE_BATCH), num_proc):
-        for ((position, row, key), _), result in zip(batch, measured):
+    batches = cached_batches(rows(), cache, lambda item, measured: add(*item, measured), lambda messages: messages)
+    for batch, measured in measure_batches(measure, batches, num_proc):
+        for (((position, row), key), _), result in zip(batch, measured):
             if cache is not None:
                 cache.put(key, result)
             add(position, row, result)
