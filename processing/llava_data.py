@@ -225,8 +225,9 @@ def _iter_json_array(path: Path) -> Iterator[RawRecord | DataProblem]:
                         _readable_id(reader.text[position : position + 2000]),
                     )
                     return
-                if end == len(reader.text) and reader.fill():
-                    continue  # a number or literal cut by the buffer's end would decode as a shorter one
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if number and not reader.text[end:].strip("0123456789+-.eE") and reader.fill():
+                    continue  # a number cut by the buffer's end ("1" of "1e+16") would decode as a shorter one
                 break
             yield RawRecord(reader.line_of(position), value)
             position = end

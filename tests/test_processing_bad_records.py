@@ -191,3 +191,13 @@ def test_the_image_token_written_as_text_is_refused_by_the_collator_with_its_own
                                                      {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}
     with pytest.raises(UnusableSampleError, match="image token"):
         stage2_collator(tiny_processor("chatml"), max_length=None)([example])
+
+
+def test_a_number_cut_by_the_read_buffer_is_read_whole(tmp_path, monkeypatch):
+    """Found by the chunked-array property: with the buffer ending after "1" of "1e+16", the number decoded as 1."""
+    from processing import llava_data
+
+    path = tmp_path / "numbers.json"
+    path.write_text("[1e+16, 25, -0.5e-3, true, null]")
+    monkeypatch.setattr(llava_data._ArrayReader, "CHUNK", 1)
+    assert [item.value for item in llava_data.iter_raw_records(path)] == [1e16, 25, -0.5e-3, True, None]
