@@ -33,6 +33,8 @@ EXTRAS = {
     "eval": ["openai>=1.40", "lmms-eval>=0.7"],
     "dev": [
         "pytest>=8",
+        # Property-based fuzzing of the data path (tests/test_fuzz_data.py).
+        "hypothesis>=6.100",
         "scikit-image>=0.22",
         "openai>=1.40",
         "tenacity>=8",

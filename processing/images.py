@@ -22,19 +22,64 @@ class ImageLoadError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-        self.kind = kind  # "unsafe_image_path" | "missing_image" | "unreadable_image"
+        self.kind = kind  # "bad_image_path" | "unsafe_image_path" | "missing_image" | "unreadable_image"
+
+
+# Longest file name (one path component) and whole path, in bytes, that POSIX systems accept (NAME_MAX, PATH_MAX).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def shown_path(path: object, limit: int = 120) -> str:
+    """A path as a report line can show it: `repr` when it holds control characters (a NUL byte), cut when long."""
+    text = str(path) if isinstance(path, str) and path.isprintable() else repr(path)
+    return text if len(text) <= limit else f"{text[: limit - 30]}...{text[-25:]} ({len(text)} characters)"
+
+
+def image_path_problem(relative_path: object) -> str | None:
+    """Why `relative_path` cannot name a file at all (checked without touching the disk), or `None`.
+
+    These are the paths on which `os` and `pathlib` raise instead of answering (`ValueError: embedded null byte`,
+    `OSError: File name too long`, `UnicodeEncodeError`): they are refused here so that no check downstream throws.
+    """
+    if not isinstance(relative_path, str) or not relative_path:
+        return "the image path is empty or not a string"
+    if "\x00" in relative_path:
+        return "the image path contains a NUL byte"
+    try:
+        encoded = os.fsencode(relative_path)
+    except UnicodeError:
+        return "the image path is not valid Unicode (it holds a lone surrogate)"
+    longest = max(len(part) for part in encoded.split(b"/"))
+    if longest > MAX_NAME_BYTES:
+        return f"a file name in the image path is {longest} bytes long, more than the {MAX_NAME_BYTES} a file system allows"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"the image path is {len(encoded)} bytes long, more than the {MAX_PATH_BYTES} a file system allows"
+    return None
 
 
 def resolve_image_path(image_root: str | os.PathLike, relative_path: str) -> Path:
-    """`image_root / relative_path`, refusing absolute paths and any path (`..`, symlinks) leading outside the root."""
+    """`image_root / relative_path`, refusing absolute paths and any path (`..`, symlinks) leading outside the root.
+
+    Raises `ImageLoadError` (never `OSError`, `ValueError` or `RuntimeError`) for any path that cannot be used:
+    malformed (`bad_image_path`: NUL byte, over-long, a symlink loop) or leaving the root (`unsafe_image_path`).
+    """
     root = Path(image_root).resolve()
-    if not isinstance(relative_path, str) or not relative_path:
-        raise ImageLoadError(relative_path, "the image path is empty or not a string", "unsafe_image_path")
+    problem = image_path_problem(relative_path)
+    if problem is not None:
+        raise ImageLoadError(shown_path(relative_path), problem, "bad_image_path")
     if Path(relative_path).is_absolute():
         raise ImageLoadError(relative_path, f"absolute image paths are not allowed (image root {root})", "unsafe_image_path")
-    resolved = (root / relative_path).resolve()
+    joined = root / relative_path
+    if len(os.fsencode(str(joined))) > MAX_PATH_BYTES:
+        raise ImageLoadError(shown_path(relative_path), f"the path under the image root is longer than {MAX_PATH_BYTES} bytes", "bad_image_path")
+    try:
+        resolved = joined.resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: Python < 3.13 reports a symlink loop this way
+        reason = "a symlink loop" if "loop" in str(error).lower() else f"the path cannot be resolved ({error})"
+        raise ImageLoadError(shown_path(relative_path), reason, "bad_image_path") from None
     if not resolved.is_relative_to(root):
-        raise ImageLoadError(relative_path, f"the path leads outside the image root {root}", "unsafe_image_path")
+        raise ImageLoadError(shown_path(relative_path), f"the path leads outside the image root {root}", "unsafe_image_path")
     return resolved
 
 
@@ -68,7 +113,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             pixels (a decompression bomb: a small file that would expand to gigabytes).
     """
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise ImageLoadError(path, "no such image file", "missing_image")
     try:
         with warnings.catch_warnings():
@@ -91,11 +136,26 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageLoadError(path, f"refused as a possible decompression bomb: {error}", "unreadable_image") from None
+    except PermissionError:
+        raise ImageLoadError(path, "the image file cannot be read (permission denied)", "unreadable_image") from None
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not a readable image file (unknown format or corrupt header)", "unreadable_image") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Pillow reports truncated or corrupt pixel data as OSError ("image file is truncated") or SyntaxError.
         raise ImageLoadError(path, f"corrupt or truncated image data: {error}", "unreadable_image") from None
+
+
+def _is_file(path: Path) -> bool:
+    """`Path.is_file`, answering `False` where it would raise (a path the OS refuses to look up)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def image_file_exists(image_root: str | os.PathLike, relative_path: str) -> bool:
+    """Whether `relative_path` names a file inside `image_root`; raises `ImageLoadError` as `resolve_image_path`."""
+    return _is_file(resolve_image_path(image_root, relative_path))
 
 
 def load_image(image_root: str | os.PathLike, relative_path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -126,6 +186,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageLoadError",
     "LazyImageLoader",
+    "image_file_exists",
+    "image_path_problem",
     "load_image",
     "open_image",
     "resolve_image_path",

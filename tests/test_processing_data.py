@@ -180,11 +180,11 @@ def test_decompression_bomb_is_refused_with_a_clear_error(image_root):
 def test_malformed_json_lines_are_reported_with_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(sample("a", "x.png")) + "\n" + '{"id": "b", "conversations": [\n' + json.dumps(sample("c", "x.png")) + "\n")
-    with pytest.raises(LlavaDataError, match=r"bad\.jsonl:2: malformed JSON"):
+    with pytest.raises(LlavaDataError, match=r"bad\.jsonl:2 \(sample 'b'\): malformed JSON"):
         load_llava_dataset(path)
     array = tmp_path / "bad.json"
     array.write_text("[\n  " + json.dumps(sample("a", "x.png")) + ',\n  {"id": "b",, }\n]')
-    with pytest.raises(LlavaDataError, match=r"bad\.json:3: malformed JSON"):
+    with pytest.raises(LlavaDataError, match=r"bad\.json:3 \(sample 'b'\): malformed JSON"):
         load_llava_dataset(array)
 
 
@@ -193,7 +193,7 @@ def test_non_utf8_text_is_reported_with_file_and_line(tmp_path):
     good = json.dumps(sample("a", "x.png")).encode()
     bad = json.dumps(sample("b", None, [("human", "caf\u00e9?"), ("gpt", "Yes.")]), ensure_ascii=False).encode("latin-1")
     path.write_bytes(good + b"\n" + good + b"\n" + bad + b"\n")
-    with pytest.raises(LlavaDataError, match=r"latin1\.jsonl:3: not valid UTF-8"):
+    with pytest.raises(LlavaDataError, match=r"latin1\.jsonl:3 \(sample 'b'\): not valid UTF-8"):
         load_llava_dataset(path)
     array = tmp_path / "latin1.json"
     array.write_bytes(b"[\n" + good + b",\n" + bad + b"\n]")

@@ -37,13 +37,28 @@ class UnusableSampleError(ValueError):
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """A sample a collator (or the pre-training scan) left out, and why."""
+    """A sample a collator (or the pre-training checks) left out, and why; `file` and `line` say where it is in the
+    data file when known (a line whose id cannot be read has only those)."""
 
-    sample_id: str
+    sample_id: str | None
     reason: str
+    file: str | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"sample {self.sample_id!r}: {self.reason}"
+        where = f"{self.file}:{self.line} " if self.line is not None else ""
+        return f"{where}sample {self.sample_id!r}: {self.reason}" if self.sample_id is not None else f"{where}{self.reason}"
+
+
+def skipped_lines(report) -> list[SkippedSample]:
+    """One `SkippedSample` per bad line of a `processing.validate.DatasetReport` (its problems joined), in file order."""
+    by_line: dict[int | None, list] = {}
+    for problem in report.problems:
+        by_line.setdefault(problem.line, []).append(problem)
+    return [
+        SkippedSample(found[0].sample_id, "; ".join(f"{p.kind}: {p.message}" for p in found), found[0].file, line)
+        for line, found in by_line.items()
+    ]
 
 
 def _sample_id(example: dict[str, Any], position: int) -> str:
@@ -51,16 +66,21 @@ def _sample_id(example: dict[str, Any], position: int) -> str:
     return str(sample_id) if sample_id is not None else f"#{position} of the batch (no 'id' column)"
 
 
-def _fill_images(messages: list[dict[str, Any]], images: Sequence[Any]) -> list[dict[str, Any]]:
+def _fill_images(messages: list[dict[str, Any]], images: Sequence[Any], image_token: str) -> list[dict[str, Any]]:
     """Put the sample's images into its `{"type": "image"}` blocks, in reading order.
 
     TRL's `prepare_multimodal_messages` does the same but moves images of string contents to the front of the
-    first user turn; LLaVA data places them explicitly, so here the count must match exactly.
+    first user turn; LLaVA data places them explicitly, so here the count must match exactly. The image token
+    written as text (`"<image>"` inside a text block, which `llava_to_messages` never produces) is refused here:
+    the processor would count it as an image and fail with its own error.
     """
     remaining = list(images)
     filled = []
     for message in messages:
         content = message["content"]
+        texts = [content] if isinstance(content, str) else [b.get("text") for b in content if b.get("type") == "text"]
+        if any(isinstance(text, str) and image_token in text for text in texts):
+            raise UnusableSampleError(f"a text block holds the image token {image_token!r}; images need image blocks")
         if isinstance(content, list):
             new_content = []
             for block in content:
@@ -120,7 +140,7 @@ class LlavaDataCollator:
     def encode(self, example: dict[str, Any]) -> dict[str, Any]:
         """Render and tokenize one example (images expanded); returns `input_ids`, `labels` and `pixel_values`."""
         images = list(example.get("images") or [])
-        messages = _fill_images(example["messages"], images)
+        messages = _fill_images(example["messages"], images, self.processor.image_token)
         encoded = self.processor.apply_chat_template(
             messages,
             chat_template=self.chat_template,
@@ -132,7 +152,13 @@ class LlavaDataCollator:
             processor_kwargs={"add_special_tokens": False, "padding": False, "truncation": False},
         )
         input_ids = encoded["input_ids"][0].tolist()
-        labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, encoded["assistant_masks"][0].tolist())]
+        image_token_id = self.processor.image_token_id
+        # The one labelling rule: a token is learnt only inside the template's generation markers and never when it
+        # is an image token, whatever the data says (an <image> in an answer is reported by the data checks too).
+        labels = [
+            token if keep and token != image_token_id else IGNORE_INDEX
+            for token, keep in zip(input_ids, encoded["assistant_masks"][0].tolist())
+        ]
         pixel_values = encoded.get("pixel_values") if images else None
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "images": images}
 
@@ -193,7 +219,24 @@ class LlavaDataCollator:
         pixel_values = [sample["pixel_values"] for sample in encoded if sample["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        check_labels(batch, self.processor.image_token_id)
         return BatchFeature(batch)
+
+
+def check_labels(batch: dict[str, torch.Tensor], image_token_id: int) -> None:
+    """Refuse a batch that supervises an image token or a padding position: the invariant of every collated batch.
+
+    Two elementwise comparisons over `(batch, length)` integers, cheap next to a forward pass. It raises rather than
+    `assert`s so that `python -O` cannot turn it off.
+    """
+    labels = batch["labels"]
+    bad = (labels != IGNORE_INDEX) & ((batch["input_ids"] == image_token_id) | (batch["attention_mask"] == 0))
+    if bool(bad.any()):
+        row, column = (int(index) for index in bad.nonzero()[0])
+        raise AssertionError(
+            f"labelling bug: batch row {row}, position {column} supervises an image or padding token "
+            f"(input id {int(batch['input_ids'][row, column])}); image tokens and padding must be -100."
+        )
 
 
 def stage1_collator(processor, max_length: int | None = 2048, on_bad_sample: str = "error", **kwargs) -> LlavaDataCollator:
@@ -240,28 +283,52 @@ class SampleScan:
     problem: str | None
 
 
-def scan_samples(dataset, collator: LlavaDataCollator) -> list[SampleScan]:
+def scan_samples(dataset, collator: LlavaDataCollator, num_proc: int = 1, cache=None) -> list[SampleScan]:
     """Run the collator's per-sample checks over a whole TRL dataset before training, without decoding images.
 
-    Length and supervision do not depend on pixels: each sample is rendered and tokenized with one `<image>`
-    token per image (the tokenizer's `apply_chat_template`, the same template and generation markers), and the
-    processor's expansion of each `<image>` to `image_seq_length` tokens is added arithmetically.
+    Length and supervision do not depend on pixels: `processing.validate.SampleMeasure` (the same code as
+    `llava validate --max-length`) renders and tokenizes the samples in batches with one `<image>` token per image
+    (the tokenizer's `apply_chat_template`, the same template and generation markers) and adds the processor's
+    expansion of each `<image>` to `image_seq_length` tokens arithmetically. `num_proc` processes measure;
+    `cache` is a `processing.validate.LengthCache` (or `None`) whose lengths are reused and extended.
     """
+    from processing.validate import MEASURE_BATCH, SampleMeasure, cached_batches, measure_batches
+
     raw = dataset.with_format(None)  # drops a lazy image-loading transform: only the paths are needed
-    tokenizer = collator.processor.tokenizer
-    template = collator.chat_template if collator.chat_template is not None else collator.processor.chat_template
-    extra_per_image = collator.processor.image_seq_length - 1
-    scans = []
-    for position, row in enumerate(raw):
-        rendered = tokenizer.apply_chat_template(
-            row["messages"], chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+    measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
+    scans: list[SampleScan | None] = [None] * len(raw)
+
+    def add(position: int, row: dict, result) -> None:
         num_images = len(row.get("images") or [])
-        input_ids = list(rendered["input_ids"]) + [None] * (num_images * extra_per_image)
-        labels = [1 if keep else IGNORE_INDEX for keep in rendered["assistant_masks"]]
-        problem = collator.problem({"input_ids": input_ids, "labels": labels, "images": [None] * num_images})
-        scans.append(SampleScan(_sample_id(row, position), len(input_ids), num_images, problem))
+        # `problem` reads only lengths and whether any label is set: stand-ins carry exactly that.
+        stand_in = {"input_ids": [None] * result.length, "labels": [1] * result.supervised or [IGNORE_INDEX],
+                    "images": [None] * num_images}
+        scans[position] = SampleScan(_sample_id(row, position), result.length, num_images, collator.problem(stand_in))
+
+    def rows():  # ((position, row), messages), read from the Arrow table a batch at a time
+        for start in range(0, len(raw), MEASURE_BATCH):
+            chunk = raw[start : start + MEASURE_BATCH]
+            for offset, messages in enumerate(chunk["messages"]):
+                yield (start + offset, {name: chunk[name][offset] for name in ("id", "images") if name in chunk}), messages
+
+    batches = cached_batches(rows(), cache, lambda item, measured: add(*item, measured), lambda messages: messages)
+    for batch, measured in measure_batches(measure, batches, num_proc):
+        for (((position, row), key), _), result in zip(batch, measured):
+            if cache is not None:
+                cache.put(key, result)
+            add(position, row, result)
+    if cache is not None:
+        cache.save()
     return scans
+
+
+def length_cache(data_path, collator: LlavaDataCollator, cache_dir=None):
+    """The pre-training scan's `processing.validate.LengthCache` for `data_path` with the collator's template, in
+    `cache_dir` (default `$LLAVA_CACHE_DIR` or `~/.cache/llava`, see `default_cache_dir`)."""
+    from processing.validate import LengthCache, SampleMeasure, default_cache_dir
+
+    measure = SampleMeasure.from_processor(collator.processor, collator.chat_template)
+    return LengthCache(cache_dir or default_cache_dir(), data_path, measure, "train")
 
 
 def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedSample]:
@@ -274,7 +341,10 @@ __all__ = [
     "LlavaDataCollator",
     "SkippedSample",
     "UnusableSampleError",
+    "skipped_lines",
     "SampleScan",
+    "check_labels",
+    "length_cache",
     "find_unusable_samples",
     "scan_samples",
     "resolve_template",

@@ -211,30 +211,25 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
     from processing.llava_data import load_llava_dataset, to_trl_dataset
     from processing.validate import check_dataset
 
-    from .collators import SkippedSample, scan_samples
+    from .collators import SkippedSample, length_cache, scan_samples, skipped_lines
 
     if args.data_path is None:
         raise ValueError("data_path is required: a LLaVA JSON/JSONL file.")
     if args.on_bad_data not in ("error", "skip"):
         raise ValueError(f"on_bad_data must be 'error' or 'skip', got {args.on_bad_data!r}")
     report = check_dataset(args.data_path, args.image_root, decode_images=args.decode_images)
-    if not report.ok and (args.on_bad_data == "error" or report.unlocated_problems):
-        why = (
-            "lines that cannot be read cannot be skipped by sample id; fix them"
-            if report.unlocated_problems and args.on_bad_data == "skip"
-            else "set on_bad_data: skip to leave these samples out"
-        )
-        raise DataCheckError(f"The training data failed the checks ({why}):\n{report.format()}")
-    skipped = [SkippedSample(p.sample_id, f"{p.kind}: {p.message}") for p in report.problems]
-    excluded = set(report.failing_ids)
+    if not report.ok and args.on_bad_data == "error":
+        raise DataCheckError(f"The training data failed the checks (set on_bad_data: skip to leave these samples out):\n{report.format()}")
+    skipped = skipped_lines(report)
+    llava = load_llava_dataset(args.data_path, args.image_root, exclude_lines=report.failing_lines)
 
     def convert(dataset, image_root):
         return to_trl_dataset(
             dataset, image_root=image_root, image_first_ratio=args.image_first_ratio, seed=training_args.seed
         )
 
-    llava = load_llava_dataset(args.data_path, args.image_root, exclude_ids=excluded)
-    scans = scan_samples(convert(llava, None), collator)
+    num_proc = training_args.dataset_num_proc or 1
+    scans = scan_samples(convert(llava, None), collator, num_proc=num_proc, cache=length_cache(args.data_path, collator))
     unusable = [SkippedSample(scan.sample_id, scan.problem) for scan in scans if scan.problem]
     if unusable and args.on_bad_data == "error":
         listed = "\n".join(f"  {sample}" for sample in unusable[:20])
@@ -244,9 +239,10 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
             f"(set on_bad_data: skip to leave them out):\n{listed}{more}"
         )
     if unusable:
-        bad_ids = {sample.sample_id for sample in unusable}
-        llava = llava.filter(lambda row: row["id"] not in bad_ids)
-        scans = [scan for scan in scans if scan.sample_id not in bad_ids]
+        # by position, not id: two samples may share an id
+        usable = [position for position, scan in enumerate(scans) if not scan.problem]
+        llava = llava.select(usable)
+        scans = [scans[position] for position in usable]
         skipped += unusable
     if len(llava) == 0:
         raise DataCheckError(f"{args.data_path}: no usable training sample is left ({len(skipped)} skipped).")
