@@ -557,7 +557,7 @@ def to_trl_dataset(
             image_first = image_first_draw(seed, example["id"], image_first_ratio)
         return {"messages": llava_to_messages(example["conversations"], image_first)}
 
-    converted = dataset.map(convert, remove_columns=["conversations"])
+    converted = dataset.map(convert, remove_columns=["conversations"], desc="Reading conversations")
     if image_root is not None:
         converted = converted.with_transform(LazyImageLoader(image_root, max_pixels))
     return converted

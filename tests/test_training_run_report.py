@@ -34,7 +34,7 @@ def tiny_stage2(workdir: Path, output: str, **overrides) -> dict:
     return values
 
 
-def test_a_short_run_reports_its_loss_and_a_foreign_template_is_warned(workdir, caplog):
+def test_a_short_run_reports_its_loss_and_a_foreign_template_is_warned(workdir, caplog, capfd):
     config = tiny_stage2(workdir, "short", max_steps=2, chat_template="paper")
     del config["logging_steps"]  # transformers' default, 500
     with caplog.at_level(logging.WARNING, logger="training.train"):
@@ -42,6 +42,10 @@ def test_a_short_run_reports_its_loss_and_a_foreign_template_is_warned(workdir, 
     print(stage2.losses[-1], stage2.model_dir)  # the user guide's line, as written
     assert len(stage2.losses) == 1
     assert "chat_template 'paper' is not the model's own chat template" in caplog.text
+    # The data is converted once, under a bar that says what it does (it was two anonymous "Map" bars).
+    console = capfd.readouterr().err
+    assert "Map:" not in console
+    assert console.count("Reading conversations: 100%") == 1
 
 
 def test_a_lora_run_counts_its_adapters_and_keeps_the_models_template_quietly(workdir, caplog, recwarn):

@@ -208,6 +208,7 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
     `on_bad_data: error` raises `DataCheckError` with the report; `skip` removes the failing samples and returns
     them as `skipped`.
     """
+    from processing.images import LazyImageLoader
     from processing.llava_data import load_llava_dataset, to_trl_dataset
     from processing.validate import check_dataset
 
@@ -223,13 +224,10 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
     skipped = skipped_lines(report)
     llava = load_llava_dataset(args.data_path, args.image_root, exclude_lines=report.failing_lines)
 
-    def convert(dataset, image_root):
-        return to_trl_dataset(
-            dataset, image_root=image_root, image_first_ratio=args.image_first_ratio, seed=training_args.seed
-        )
-
+    # Converted once, without images: the scan needs only the messages, and the images are attached lazily below.
+    dataset = to_trl_dataset(llava, image_first_ratio=args.image_first_ratio, seed=training_args.seed)
     num_proc = training_args.dataset_num_proc or 1
-    scans = scan_samples(convert(llava, None), collator, num_proc=num_proc, cache=length_cache(args.data_path, collator))
+    scans = scan_samples(dataset, collator, num_proc=num_proc, cache=length_cache(args.data_path, collator))
     unusable = [SkippedSample(scan.sample_id, scan.problem) for scan in scans if scan.problem]
     if unusable and args.on_bad_data == "error":
         listed = "\n".join(f"  {sample}" for sample in unusable[:20])
@@ -241,12 +239,14 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
     if unusable:
         # by position, not id: two samples may share an id
         usable = [position for position, scan in enumerate(scans) if not scan.problem]
-        llava = llava.select(usable)
+        dataset = dataset.select(usable)
         scans = [scans[position] for position in usable]
         skipped += unusable
-    if len(llava) == 0:
+    if len(dataset) == 0:
         raise DataCheckError(f"{args.data_path}: no usable training sample is left ({len(skipped)} skipped).")
-    return convert(llava, args.image_root), scans, skipped
+    if args.image_root is not None:
+        dataset = dataset.with_transform(LazyImageLoader(args.image_root))
+    return dataset, scans, skipped
 
 
 # ----------------------------------------------------------------------------------------------------------------
