@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from trl import SFTConfig, TrlParser
 
-
-LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+from modeling_llava.modeling_llava import LORA_TARGET_MODULES as LLM_LORA_TARGETS
 
 
 class ConfigError(ValueError):
