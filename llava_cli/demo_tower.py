@@ -254,6 +254,7 @@ def pretrain_tower(
             learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps, lr_scheduler_type="cosine",
             weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, **(precision or {}),
+            dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory needs an accelerator (else a warning)
         )
         trainer = Trainer(
             model=model, args=args, train_dataset=pairs, callbacks=callbacks,
