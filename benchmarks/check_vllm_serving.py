@@ -83,7 +83,7 @@ def build_tiny_llava(root: Path, projector_type: str, image_size: int, patch_siz
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from hub_upload.atomic import atomic_output_dir
+    from processing.files import atomic_output_dir
     from modeling_llava.build import build_llava
     from modeling_llava.default_llm import smollm2_checkpoint
 

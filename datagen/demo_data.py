@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from processing.files import write_json, write_text
 from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
 
 from .scenes import ROWS, Scene, captions, write_scenes
@@ -91,21 +92,21 @@ def build_demo_data(
 
     stage1_source = train[:stage1_scenes] if stage1_scenes is not None else train
     pairs = [{"id": s.id, "image": f"train/images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in stage1_source]
-    _write_json(data.stage1, expand_caption_pairs(pairs, seed=seed))
+    write_json(data.stage1, expand_caption_pairs(pairs, seed=seed), indent=1)
     teacher = teacher or TemplateTeacher(list(detail_instructions()))
     proportions = proportions or {"conversation": 0.6, "detail": 0.15, "complex": 0.25}
     if stage2_single_object_share is None:
         stage2_source = train[:stage2_scenes] if stage2_scenes is not None else train
     else:
         stage2_source = stage2_scene_selection(train, stage2_scenes or len(train), stage2_single_object_share)
-    _write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene, stage2_image_first))
+    write_json(data.stage2, stage2_records(stage2_source, rng, teacher, proportions, stage2_samples_per_scene, stage2_image_first), indent=1)
 
     lines = []
     for scene in held_out:
         for number, question in enumerate(exact_questions(scene)):
             lines.append(json.dumps({"id": f"{scene.id}-q{number}", "image": f"eval/images/{scene.id}.png",
                                      "type": question.type, "question": question.question, "answer": question.answer}))
-    _write_text(data.eval_questions, "\n".join(lines) + "\n")
+    write_text(data.eval_questions, "\n".join(lines) + "\n")
     return data
 
 
@@ -126,13 +127,3 @@ def stage2_scene_selection(scenes: list[Scene], count: int, single_object_share:
     singles = min(max(round(count * single_object_share), count - len(multi)), len(single))
     chosen = {scene.id for scene in single[:singles] + multi[: count - singles]}
     return [scene for scene in scenes if scene.id in chosen]
-
-
-def _write_json(path: Path, records) -> None:
-    _write_text(path, json.dumps(records, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -37,7 +37,7 @@ from datagen.prompting import (
 from datagen.store import AppendOnlyJsonl
 from datagen.concurrency import bounded_map
 from datagen.teachers import Teacher, TeacherError, TeacherReply, TokenUsage, build_teacher
-from processing.jsonio import write_atomic
+from processing.files import write_json
 
 
 def rejected_path(output: str | Path) -> Path:
@@ -260,6 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         price_output=args.price_output,
         progress=not args.no_progress,
     )
-    write_atomic(Path(args.output).with_name(f"{Path(args.output).stem}.summary.json"), json.dumps(asdict(summary), indent=1) + "\n")
+    write_json(Path(args.output).with_name(f"{Path(args.output).stem}.summary.json"), asdict(summary), indent=1)
     print(summary.format())
     return 0

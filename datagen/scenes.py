@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from processing.files import write_json
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 170, 40),
@@ -145,9 +147,9 @@ def write_scenes(
             )
         scenes.append(scene)
     coco_categories = [{"id": i, "name": name, "supercategory": "shape"} for name, i in categories.items()]
-    _write_json(out_dir / "captions.json", {"images": images, "annotations": caption_annotations})
-    _write_json(out_dir / "instances.json", {"images": images, "annotations": annotations, "categories": coco_categories})
-    _write_json(out_dir / "scenes.json", [scene_to_dict(scene) for scene in scenes])
+    write_json(out_dir / "captions.json", {"images": images, "annotations": caption_annotations}, indent=1)
+    write_json(out_dir / "instances.json", {"images": images, "annotations": annotations, "categories": coco_categories}, indent=1)
+    write_json(out_dir / "scenes.json", [scene_to_dict(scene) for scene in scenes], indent=1)
     return scenes
 
 
@@ -162,9 +164,3 @@ def scene_from_dict(data: dict) -> Scene:
 def read_scenes(out_dir: str | Path) -> list[Scene]:
     with open(Path(out_dir) / "scenes.json", encoding="utf-8") as handle:
         return [scene_from_dict(item) for item in json.load(handle)]
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(path)

@@ -1,5 +1,5 @@
 """File helpers of the evaluation tools, built on the project's shared JSON helpers
-(`processing.jsonio`) and crash-safe appends (`datagen.store`)."""
+(`processing.jsonio`, `processing.files`) and crash-safe appends (`datagen.store`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from datagen.store import AppendOnlyJsonl
-from processing.jsonio import read_records, write_atomic
+from processing.files import write_text
+from processing.jsonio import read_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OutputInUseError", "ResumableJsonl", "read_records", "require_keys", "write_atomic", "write_json_atomic"]
+__all__ = ["OutputInUseError", "ResumableJsonl", "read_records", "require_keys"]
 
 
 def require_keys(record: dict[str, Any], keys: Iterable[str], where: str) -> None:
@@ -22,11 +23,6 @@ def require_keys(record: dict[str, Any], keys: Iterable[str], where: str) -> Non
     missing = [key for key in keys if key not in record]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; found {sorted(record)}")
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON through a temporary file and a rename (never half-written)."""
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class OutputInUseError(ValueError):
@@ -77,7 +73,7 @@ class ResumableJsonl:
 
     def _drop_duplicates(self) -> None:
         self._file.close()
-        write_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
+        write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
         self._file = AppendOnlyJsonl(self.path)
         shown = ", ".join(repr(item) for item in self.duplicates[:10])
         more = f" and {len(self.duplicates) - 10} more" if len(self.duplicates) > 10 else ""

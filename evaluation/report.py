@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.io import write_atomic, write_json_atomic
 from evaluation.judge import QUESTION_TYPES
+from processing.files import write_json, write_text
 from processing.images import ImageLoadError, load_image
 
 THUMBNAIL_SIZE = (256, 256)
@@ -18,7 +18,7 @@ THUMBNAIL_SIZE = (256, 256)
 def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
     """Write `metrics.json` atomically into `output_dir`."""
     path = Path(output_dir) / "metrics.json"
-    write_json_atomic(path, metrics)
+    write_json(path, metrics)
     return path
 
 
@@ -100,5 +100,5 @@ def write_report(output_dir: str | os.PathLike, title: str, sections: Sequence[t
     for heading, body in sections:
         parts += [f"## {heading}", "", body.rstrip(), ""]
     path = Path(output_dir) / "report.md"
-    write_atomic(path, "\n".join(parts))
+    write_text(path, "\n".join(parts))
     return path

@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub_upload.atomic import atomic_output_dir
+from processing.files import atomic_output_dir
 from hub_upload.card import CardInfo, load_eval_results, write_model_card
 from hub_upload.checks import ADAPTER_CONFIG_FILE, check_export_folder
 

@@ -156,7 +156,7 @@ def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: 
         return out
     import torch
 
-    from hub_upload.atomic import atomic_output_dir
+    from processing.files import atomic_output_dir
     from llava_cli.demo_projector import fit_word_aligned_projector
     from modeling_llava.build import build_llava
 

@@ -37,7 +37,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hub_upload.atomic import atomic_output_dir
+from processing.files import atomic_output_dir
 from training.cpu_memory import keep_freed_memory
 
 

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from .build import build_llava
-    from hub_upload.atomic import atomic_output_dir
+    from processing.files import atomic_output_dir
 
     layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
     chat_template = args.chat_template

@@ -2,7 +2,7 @@
 
 Each function reads a checkpoint folder, writes a complete model folder (weights, config, remote code,
 processor) to `out`, and returns the converted model. Outputs are written to a staging folder beside `out`
-and renamed into place (`hub_upload.atomic`), so an interrupted conversion never leaves a folder that
+and renamed into place (`processing.files`), so an interrupted conversion never leaves a folder that
 looks complete; an existing `out` is refused.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hub_upload.atomic import atomic_output_dir
+from processing.files import atomic_output_dir
 
 from .build import add_image_token, make_processor
 from .configuration_llava import LlavaConfig

@@ -39,7 +39,7 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .build import forget_gguf_quantization
-    from hub_upload.atomic import atomic_output_dir
+    from processing.files import atomic_output_dir
 
     target = Path(cache_dir or default_cache_dir()) / "SmolLM2-135M-Instruct"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():

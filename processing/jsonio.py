@@ -1,16 +1,17 @@
-"""Small JSON / JSONL helpers shared by the data tools: readers that name the bad line, atomic writers.
+"""Small JSON / JSONL helpers shared by the data tools: readers that name the bad line, an atomic record writer.
 
-Written by hand because the standard library has no "write to a temporary file, then rename" and
-`datasets` would turn a list of records into Arrow tables we do not need for these small tools.
+Written by hand because `datasets` would turn a list of records into Arrow tables we do not need for these small
+tools.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from processing.files import write_text
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -44,25 +45,6 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename.
-
-    A crash leaves either the old file or the complete new one, never half of it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     """Write records atomically: a JSON list for a `.json` path, JSON lines otherwise."""
     records = list(records)
@@ -70,4 +52,4 @@ def write_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) ->
         text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
     else:
         text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    write_atomic(path, text)
+    write_text(path, text)

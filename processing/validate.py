@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import atomic_output_file, write_json
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_file_exists, load_image
 from .llava_data import DataProblem, check_records, llava_to_messages, record_images
 
@@ -299,11 +300,8 @@ class LengthCache:
             return
         digests = np.concatenate([self.digests[self.hits], np.frombuffer(bytes(self.new_digests), dtype="S16")])
         values = np.concatenate([self.values[self.hits], np.asarray(self.new_values, dtype=np.int64).reshape(-1, 2)])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        with temporary.open("wb") as handle:
+        with atomic_output_file(self.path) as temporary, temporary.open("wb") as handle:
             np.savez(handle, digest=digests, length=values[:, 0], supervised=values[:, 1])
-        temporary.replace(self.path)
 
 
 def cached_batches(candidates, cache: LengthCache | None, on_cached, to_messages):
@@ -479,10 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report.format(max_ids=args.max_ids))
     if args.json:
-        target = Path(args.json)
-        temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        temporary.replace(target)
+        write_json(args.json, report.to_dict())
     return 0 if report.ok else 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO_ROOT, tiny_llava_model
-from hub_upload.atomic import find_stale_staging_dirs
+from processing.files import find_stale_staging_dirs
 from hub_upload.export import ExportError, ExportOptions, export_model
 from hub_upload.preflight import run_preflight
 from share_fixtures import save_tiny_training_output, tiny_processor

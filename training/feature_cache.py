@@ -24,6 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.feature_extraction_utils import BatchFeature
 
+from processing.files import atomic_output_file
+
 
 FEATURES_KEY = "vision_features"
 
@@ -71,10 +73,8 @@ class FeatureCache:
 
     def put(self, key: str, features: torch.Tensor) -> None:
         path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # no half-written file is ever read
-        save_file({FEATURES_KEY: features.detach().cpu().contiguous()}, str(temporary))
-        temporary.replace(path)
+        with atomic_output_file(path) as temporary:  # no half-written file is ever read
+            save_file({FEATURES_KEY: features.detach().cpu().contiguous()}, str(temporary))
 
 
 class CachedFeatureCollator:

@@ -14,7 +14,6 @@ Outputs, in `output_dir`:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from processing.files import atomic_output_file, write_json
 
 from .arguments import LlavaSFTConfig, LlavaTrainArguments
 
@@ -183,22 +184,14 @@ def save_projector(model_dir: Path, config, path: Path) -> Path:
             ours.update({key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)})
     if not ours:
         raise FileNotFoundError(f"No {prefix}* weights in the safetensors files of {model_dir}.")
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state_dict_to_original(ours, config), str(temporary), metadata={"format": "pt"})
-    temporary.replace(path)
+    with atomic_output_file(path) as temporary:
+        save_file(state_dict_to_original(ours, config), str(temporary), metadata={"format": "pt"})
     return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    temporary.replace(path)
-
-
 def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, collator):
     """Check the data before training, then return `(dataset, scans, skipped)` with the bad samples handled.
 
@@ -358,7 +351,7 @@ def train(
         logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
     output_dir = Path(training_args.output_dir)
     if skipped and training_args.should_save:
-        _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
+        write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
         logger.warning("%d sample(s) left out before training; see %s", len(skipped), output_dir / SKIPPED_FILE)
 
     trainer = LlavaSFTTrainer(
@@ -388,7 +381,7 @@ def train(
     _remove_fused_head(base_model)
     skipped += getattr(collator, "skipped", [])
     if (collator_skipped := getattr(collator, "skipped", [])) and training_args.should_save:
-        _write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
+        write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
         logger.warning("%d sample(s) skipped during training", len(collator_skipped))
 
     projector_path = merged_dir = None
