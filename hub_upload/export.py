@@ -25,13 +25,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modeling_llava.dtypes import torch_dtype
 from processing.files import atomic_output_dir
 from hub_upload.card import CardInfo, load_eval_results, write_model_card
 from hub_upload.checks import ADAPTER_CONFIG_FILE, check_export_folder
 
 PROJECTOR_PREFIX = "model.multi_modal_projector."
 PROCESSOR_AUTO_CLASS = "processing_llava.LlavaRemoteProcessor"
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ExportError(ValueError):
@@ -83,14 +83,6 @@ def detect_source_kind(src: str | os.PathLike) -> str:
     raise ExportError(f"{src}: neither a model folder (config.json) nor an adapter folder ({ADAPTER_CONFIG_FILE}){hint}.")
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    if name not in _DTYPES:
-        raise ExportError(f"dtype must be one of {_DTYPES}, got {name!r}.")
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
 def _load_model(folder: str | os.PathLike, dtype: str):
     from modeling_llava import LlavaConfig, LlavaForCausalLM
 
@@ -101,7 +93,7 @@ def _load_model(folder: str | os.PathLike, dtype: str):
         # saved weights are plain dequantized tensors; left in, transformers treats the model as
         # quantized and refuses to save it (and Hub users would be told it is GGUF).
         del config.text_config.quantization_config
-    model, info = LlavaForCausalLM.from_pretrained(folder, config=config, dtype=_torch_dtype(dtype),
+    model, info = LlavaForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype(dtype),
                                                    output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight" or not model.config.tie_word_embeddings]
     if missing or info.get("mismatched_keys"):

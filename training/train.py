@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from modeling_llava.dtypes import torch_dtype
 from processing.files import atomic_output_file, write_json
 
 from .arguments import LlavaSFTConfig, LlavaTrainArguments
@@ -97,23 +98,12 @@ def parse_config(config: dict[str, Any]) -> tuple[LlavaTrainArguments, LlavaSFTC
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
-def _torch_dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return "auto"
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"dtype must be one of {sorted(dtypes)} or auto, got {name!r}")
-    return dtypes[name]
-
-
 def load_model_and_processor(args: LlavaTrainArguments):
     """Load `model_name_or_path` (a saved LLaVA folder), or assemble a new model from its parts."""
     from modeling_llava import LlavaForCausalLM
     from processing import LlavaProcessor
 
-    dtype = _torch_dtype(args.dtype)
+    dtype = torch_dtype(args.dtype)
     if args.model_name_or_path is not None:
         model = LlavaForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype)
         # The tokenizer's Auto class reads the folder's remote-code config.json; without trust_remote_code it would
