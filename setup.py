@@ -15,7 +15,7 @@ CORE = [
     "pillow>=10",
     "numpy>=1.26",
     "pyyaml>=6",
-    # OS file locks on resumable outputs (`evaluation.io.ResumableJsonl`); already a dependency of datasets.
+    # OS file locks on resumable outputs (`processing.jsonl_store.ResumableJsonl`); already a dependency of datasets.
     "filelock>=3.12",
     # Reads the GGUF checkpoint of the embedded default LLM (SmolLM2) and any user GGUF file.
     "gguf>=0.10",

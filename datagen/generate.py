@@ -34,9 +34,17 @@ from datagen.prompting import (
     sample_rng,
     to_llava_sample,
 )
-from datagen.store import AppendOnlyJsonl
+from processing.jsonl_store import AppendOnlyJsonl
 from datagen.concurrency import bounded_map
-from datagen.teachers import Teacher, TeacherError, TeacherReply, TokenUsage, build_teacher
+from datagen.teachers import (
+    GENERATION_TEACHER,
+    Teacher,
+    TeacherError,
+    TeacherReply,
+    TokenUsage,
+    add_teacher_arguments,
+    teacher_from_args,
+)
 from processing.files import write_json
 
 
@@ -202,16 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(RESPONSE_TYPES),
         help="comma-separated response types among conversation, detail, complex (default: all three)",
     )
-    parser.add_argument("--teacher", choices=("openai", "local"), default="openai", help="openai: any OpenAI-compatible endpoint; local: a transformers causal LM")
-    parser.add_argument("--model", required=True, help="model name at the endpoint (openai) or a folder / .gguf file (local)")
-    parser.add_argument("--base-url", default=None, help="API root of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7; 0 = greedy for local)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="token limit per reply; replies cut by it are rejected as truncated")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP attempt before it is retried (openai)")
-    parser.add_argument("--max-retries", type=int, default=5, help="retries per request on 429/5xx/timeouts, with exponential backoff and jitter, honouring Retry-After (openai)")
     parser.add_argument("--output", required=True, help="accepted samples, JSON lines; rejections go to OUT.rejected.jsonl and the summary to OUT.summary.json")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Table 9 question and <image> placement draws")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of the contexts file")
     parser.add_argument("--retry-rejected", action="store_true", help="also re-request samples whose reply was rejected as empty/unparseable/truncated")
@@ -219,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--price-output", type=float, default=None, help="price per million completion tokens, for the cost estimate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="print the first full prompt and the planned request count; send nothing")
+    # Spelled --teacher-model, --teacher-temperature, ... like the judge's --judge-*; the short names stay.
+    add_teacher_arguments(parser, "teacher", GENERATION_TEACHER, model_required=True, unprefixed_aliases=True)
     return parser
 
 
@@ -243,17 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"planned requests: {len(todo)} ({len(contexts)} images x {len(types)} types, {skipped} already done)")
         return 0
 
-    teacher = build_teacher(
-        args.teacher, args.model, base_url=args.base_url, api_key_env=args.api_key_env,
-        temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout, max_retries=args.max_retries,
-    )
+    teacher = teacher_from_args(args, "teacher")
     print(f"teacher: {teacher.describe()}", file=sys.stderr)
     summary = run_generation(
         contexts,
         types,
         teacher,
         args.output,
-        concurrency=args.concurrency,
+        concurrency=args.teacher_concurrency,
         seed=args.seed,
         retry_rejected=args.retry_rejected,
         price_input=args.price_input,

@@ -20,14 +20,19 @@ Implementations here:
   exponentially (0.5 s doubling up to 8 s, minus up to 25 % random jitter) and honours `Retry-After`
   / `retry-after-ms` up to 2 minutes. We only configure `max_retries` and `timeout`.
 - `LocalTeacher`: a transformers causal LM run offline with its chat template.
+
+Commands that talk to a teacher (`llava generate-data`, the judge of `llava eval`) take one option group,
+`add_teacher_arguments`, and build the teacher with `teacher_from_args`.
 """
 
 from __future__ import annotations
 
 import abc
+import argparse
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 
@@ -251,3 +256,80 @@ def build_teacher(
     if kind == "local":
         return LocalTeacher.from_pretrained(model, max_new_tokens=max_tokens, temperature=temperature)
     raise ValueError(f"Unknown teacher kind {kind!r}: expected 'openai' or 'local'.")
+
+
+@dataclass(frozen=True)
+class TeacherDefaults:
+    """The defaults of one command's teacher options (`generate-data`'s teacher, the evaluation judge)."""
+
+    kind: str | None = "openai"
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    timeout: float = 120.0
+    max_retries: int = 5
+    concurrency: int = 4
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+#: `llava generate-data`'s teacher: samples (temperature 0.7) to vary the generated instructions.
+GENERATION_TEACHER = TeacherDefaults()
+#: `llava eval`'s judge: near-greedy (temperature 0.2, as LLaVA's judge); no default backend.
+JUDGE = TeacherDefaults(kind=None, temperature=0.2)
+
+
+def add_teacher_arguments(
+    parser: argparse.ArgumentParser,
+    role: str = "teacher",
+    defaults: TeacherDefaults = GENERATION_TEACHER,
+    *,
+    required: bool = False,
+    model_required: bool = False,
+    unprefixed_aliases: bool = False,
+) -> argparse._ArgumentGroup:
+    """The teacher option group of a command: `--ROLE openai|local`, `--ROLE-model`, `--ROLE-base-url`,
+    `--ROLE-api-key-env`, `--ROLE-temperature`, `--ROLE-max-tokens`, `--ROLE-timeout`, `--ROLE-max-retries`,
+    `--ROLE-concurrency` (`dest` ROLE_model, ...; read back by `teacher_from_args`).
+
+    `required`: the backend (`--ROLE`) must be given; `model_required`: `--ROLE-model` must be (otherwise
+    `teacher_from_args` asks for it). `unprefixed_aliases`: also accept the option names without the role
+    (`--model`, `--base-url`, ...), `generate-data`'s spelling before the options were shared with the judge.
+    """
+    group = parser.add_argument_group(f"{role} (a chat LLM: datagen.teachers)")
+
+    def add(name: str, **kwargs: Any) -> None:
+        flags = [f"--{role}-{name}"] + ([f"--{name}"] if unprefixed_aliases else [])
+        group.add_argument(*flags, dest=f"{role}_{name.replace('-', '_')}", **kwargs)
+
+    group.add_argument(f"--{role}", choices=("openai", "local"), default=defaults.kind, required=required,
+                       help="openai: any OpenAI-compatible endpoint; local: a transformers causal LM folder or .gguf file"
+                       + (f" (default {defaults.kind})" if defaults.kind else ""))
+    add("model", required=model_required, default=None,
+        help="model name at the endpoint (openai) or a folder / .gguf file (local)")
+    add("base-url", default=None, help="API root of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    add("api-key-env", default=defaults.api_key_env,
+        help=f"environment variable holding the API key (default {defaults.api_key_env})")
+    add("temperature", type=float, default=defaults.temperature,
+        help=f"{role} sampling temperature (default {defaults.temperature:g}; 0 = greedy for local)")
+    add("max-tokens", type=int, default=defaults.max_tokens,
+        help=f"token limit of each {role} reply (default {defaults.max_tokens})")
+    add("timeout", type=float, default=defaults.timeout,
+        help=f"seconds per HTTP attempt before it is retried (openai; default {defaults.timeout:g})")
+    add("max-retries", type=int, default=defaults.max_retries,
+        help="retries per request on 429/5xx/timeouts, with exponential backoff and jitter, honouring Retry-After "
+        f"(openai; default {defaults.max_retries})")
+    add("concurrency", type=int, default=defaults.concurrency,
+        help=f"{role} requests in flight at once (default {defaults.concurrency})")
+    return group
+
+
+def teacher_from_args(args: argparse.Namespace, role: str = "teacher") -> Teacher:
+    """The teacher an `add_teacher_arguments(parser, role)` group asks for."""
+    option = partial(getattr, args)
+    if not option(f"{role}_model"):
+        raise ValueError(f"--{role}-model is required with --{role}")
+    return build_teacher(
+        option(role), option(f"{role}_model"), base_url=option(f"{role}_base_url"),
+        api_key_env=option(f"{role}_api_key_env"), temperature=option(f"{role}_temperature"),
+        max_tokens=option(f"{role}_max_tokens"), timeout=option(f"{role}_timeout"),
+        max_retries=option(f"{role}_max_retries"),
+    )

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from evaluation.answer import GenerationSettings
-from evaluation.io import ResumableJsonl, read_records, require_keys
-from processing.jsonio import write_records
+from inference.settings import GenerationSettings, add_generation_arguments
+from processing.jsonio import read_records, write_records
+from processing.jsonl_store import ResumableJsonl, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, answers_flag: str) -> 
     )
     group.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions (quick checks)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    GenerationSettings.add_arguments(parser)
+    add_generation_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics.json and report.md")
     parser.add_argument(
         "--report-examples",
@@ -129,7 +129,8 @@ def _answers(
         return records
     if not args.model:
         raise ValueError("give --model (to answer the questions) or a predictions file")
-    from evaluation.answer import BatchAnswerer, answer_questions, load_model_and_processor
+    from inference.batch import BatchAnswerer, answer_question_file
+    from inference.loading import load_model_and_processor
 
     output = Path(args.output_dir) / "predictions.jsonl"
     with ResumableJsonl(output) as done:
@@ -137,7 +138,7 @@ def _answers(
             return {str(q["question_id"]): done.get(q["question_id"]) for q in questions}
     model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
     answerer = BatchAnswerer(model, processor, GenerationSettings.from_args(args))
-    return answer_questions(
+    return answer_question_file(
         questions,
         answerer,
         output,

@@ -4,7 +4,7 @@ The answer is extracted from the generated text as the first word that belongs t
 answer vocabulary (e.g. the first colour word for a colour question), lower-cased, and compared with
 the truth. A model that cannot see but names some colour scores at chance; one that names none scores
 zero. Questions are answered greedily in left-padded batches through the model's own processor and
-chat template, exactly as a user would query the model.
+chat template (`inference.batch`, as `llava answer` does), exactly as a user would query the model.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
+
+from inference.batch import BatchAnswerer, answer_in_batches
+from inference.settings import GenerationSettings
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -49,7 +51,6 @@ def read_questions(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-@torch.no_grad()
 def answer_questions(
     model,
     processor,
@@ -60,39 +61,19 @@ def answer_questions(
     max_new_tokens: int = 8,
     progress=None,
 ) -> list[Prediction]:
-    """Greedy answers for `questions` (`id, image, type, question, answer`), batched and left padded.
-
-    `vocabularies` maps a question type to its possible answers, used to extract the answer word.
-    """
+    """Greedy answers for `questions` (`id, image, type, question, answer`), batched and left padded
+    (`inference.batch`). `vocabularies` maps a question type to its possible answers, used to extract the
+    answer word; `progress(done, total)` is called after each batch."""
     model.eval()
+    answerer = BatchAnswerer(model, processor, GenerationSettings(max_new_tokens=max_new_tokens))
     predictions = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start : start + batch_size]
-        prompts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["question"]}]}],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for item in batch
-        ]
-        images = [Image.open(Path(image_root) / item["image"]).convert("RGB") for item in batch]
-        inputs = processor(images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    batches = answer_in_batches(answerer, questions, batch_size, lambda item: item["question"],
+                                lambda item: Image.open(Path(image_root) / item["image"]).convert("RGB"))
+    for batch, texts in batches:
         for item, text in zip(batch, texts):
             vocabulary = (vocabularies or {}).get(item["type"])
-            predictions.append(
-                Prediction(
-                    item["id"],
-                    item["type"],
-                    item["question"],
-                    item["answer"],
-                    text.strip(),
-                    item["image"],
-                    extract_answer(text, vocabulary),
-                )
-            )
+            predictions.append(Prediction(item["id"], item["type"], item["question"], item["answer"], text,
+                                          item["image"], extract_answer(text, vocabulary)))
         if progress is not None:
             progress(len(predictions), len(questions))
     return predictions

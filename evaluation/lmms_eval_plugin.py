@@ -10,7 +10,7 @@ Use:
 
 The model is loaded exactly as `llava eval` loads it (`AutoModelForImageTextToText` +
 `AutoProcessor`, `trust_remote_code=True`) and answers through the same left-padded batch
-generation (`evaluation.answer.BatchAnswerer`). Requires the `eval` extra (`pip install .[eval]`).
+generation (`inference.batch.BatchAnswerer`). Requires the `eval` extra (`pip install .[eval]`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 
-from evaluation.answer import (
-    BatchAnswerer,
-    GenerationSettings,
-    build_messages,
-    load_model_and_processor,
-    truncate_at_stops,
-)
+from inference.batch import BatchAnswerer
+from inference.loading import load_model_and_processor
+from inference.messages import build_messages, truncate_at_stops
+from inference.settings import GenerationSettings
 
 MODEL_NAME = "llava_remote"
 

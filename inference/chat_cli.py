@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from inference.loading import MODEL_HELP, add_device_arguments
+from inference.settings import CHAT_MAX_NEW_TOKENS, GenerationSettings, add_generation_arguments
+
 HELP = """commands:
   /image PATH   switch to another image (starts a new conversation: the model sees one image, in the first turn)
   /clear        forget the conversation (keep the image)
@@ -27,14 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=HELP,
     )
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code=True)")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--image", default=None, help="image to talk about (optional; /image PATH switches later)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature > 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights dtype (default: as saved)")
+    add_generation_arguments(parser, max_new_tokens=CHAT_MAX_NEW_TOKENS, batched=False)
+    add_device_arguments(parser)
     parser.add_argument("--show-prompt", action="store_true",
                         help="print each full prompt (the rendered chat template) to stderr before answering")
     return parser
@@ -52,15 +51,16 @@ def _open_image(path: str):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from inference.chat import ChatSession, ChatTemplateError, GenerationOptions, load_model
+    from inference.chat import ChatSession
+    from inference.loading import load_model_and_processor
 
     try:
         image = _open_image(args.image) if args.image else None
-        model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-    except (ValueError, ChatTemplateError, OSError) as error:
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
+    except (ValueError, OSError) as error:  # ChatTemplateError is a ValueError
         print(f"llava chat: {error}", file=sys.stderr)
         return 1
-    session = ChatSession(model, processor, GenerationOptions(args.max_new_tokens, args.temperature, args.top_p))
+    session = ChatSession(model, processor, GenerationSettings.from_args(args))
     session.set_image(image)
     interactive = sys.stdin.isatty()
     print(f"chatting with {args.model}" + (f" about {args.image}" if args.image else " (no image)")

@@ -16,22 +16,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from inference.loading import MODEL_HELP, add_device_arguments
+from inference.settings import CHAT_MAX_NEW_TOKENS, GenerationSettings, add_generation_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llava serve",
         description="Serve the visual chat web demo (Gradio) for a model: image upload, chat, streamed answers.",
     )
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (loaded with trust_remote_code=True)")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature > 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights dtype (default: as saved)")
+    add_generation_arguments(parser, max_new_tokens=CHAT_MAX_NEW_TOKENS, batched=False)
+    add_device_arguments(parser)
     return parser
 
 
@@ -57,7 +56,7 @@ def _is_refusal(entry: dict[str, Any]) -> bool:
 def _to_model_messages(history: list[dict[str, Any]], has_image: bool) -> list[dict[str, Any]]:
     """Gradio's chat history (text messages) -> typed-content messages, the image in the first user turn. Turns the
     demo refused (the question and the refusal) are left out."""
-    from inference.chat import assistant_message, user_message
+    from inference.messages import assistant_message, user_message
 
     kept = []
     for entry in history:
@@ -69,7 +68,7 @@ def _to_model_messages(history: list[dict[str, Any]], has_image: bool) -> list[d
     for entry in kept:
         text = _text_of(entry["content"])
         if entry["role"] == "user":
-            messages.append(user_message(text, with_image=has_image and not messages))
+            messages.append(user_message(text, num_images=int(has_image and not messages)))
         else:
             messages.append(assistant_message(text))
     return messages
@@ -107,7 +106,7 @@ class QuestionLimits:
 
 def prompt_length(processor, messages: list[dict[str, Any]]) -> int:
     """Tokens the model reads for `messages`, each image block counted as the processor's image tokens."""
-    from inference.chat import render_prompt
+    from inference.messages import render_prompt
 
     tokens = processor.tokenizer(render_prompt(processor, messages), add_special_tokens=False)["input_ids"]
     return len(tokens) + tokens.count(processor.image_token_id) * (processor.image_seq_length - 1)
@@ -126,7 +125,7 @@ def respond(model, processor, options, limits: QuestionLimits, image, question: 
     leaves no room for an answer. When the conversation leaves less room than `--max-new-tokens`, the answer is
     shortened to fit and the user is told.
     """
-    from inference.chat import stream_answer
+    from inference.streaming import stream_answer
 
     question = (question or "").strip()
     if not question:
@@ -216,14 +215,14 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     # No calls home from the demo (Gradio's usage analytics), and none needed for a local server.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from inference.chat import ChatTemplateError, GenerationOptions, load_model
+    from inference.loading import load_model_and_processor
 
     try:
-        model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-    except (ChatTemplateError, OSError, ValueError) as error:
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
+    except (OSError, ValueError) as error:  # ChatTemplateError is a ValueError
         print(f"llava serve: {error}", file=sys.stderr)
         return 1
-    demo = build_demo(model, processor, GenerationOptions(args.max_new_tokens, args.temperature, args.top_p),
+    demo = build_demo(model, processor, GenerationSettings.from_args(args),
                       title=f"LLaVA visual chat: {args.model}")
     print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, quiet=True)

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 from conftest import REPO_ROOT
-from evaluation.answer import answer_questions
-from evaluation.io import OutputInUseError, ResumableJsonl
+from inference.batch import answer_question_file as answer_questions
+from processing.jsonl_store import OutputInUseError, ResumableJsonl
 
 
 class EchoAnswerer:
@@ -31,7 +31,7 @@ def test_second_run_refuses_while_another_process_holds_the_output(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
-            from evaluation.io import ResumableJsonl
+            from processing.jsonl_store import ResumableJsonl
             with ResumableJsonl({str(output)!r}):
                 print("held", flush=True)
                 sys.stdin.readline()

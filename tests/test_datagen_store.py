@@ -1,10 +1,10 @@
-"""Append-only JSONL with torn-line repair (datagen/store.py)."""
+"""Append-only JSONL with torn-line repair (processing/jsonl_store.py)."""
 
 import json
 
 import pytest
 
-from datagen.store import AppendOnlyJsonl
+from processing.jsonl_store import AppendOnlyJsonl
 
 
 def test_append_then_reopen_reads_everything(tmp_path):

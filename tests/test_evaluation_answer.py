@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.answer import (
-    BatchAnswerer,
-    GenerationSettings,
-    answer_questions,
-    load_model_and_processor,
-    truncate_at_stops,
-)
+from inference.batch import BatchAnswerer
+from inference.batch import answer_question_file as answer_questions
+from inference.loading import load_model_and_processor
+from inference.messages import truncate_at_stops
+from inference.settings import GenerationSettings
 from processing.images import ImageLoadError
 from processing.jsonio import read_records
 from evaluation_fixtures import save_tiny_image_text_model, write_questions

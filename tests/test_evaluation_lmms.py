@@ -16,7 +16,9 @@ from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.api.registry import get_model  # noqa: E402
 from lmms_eval.models.registry_v2 import ModelRegistryV2  # noqa: E402
 
-from evaluation.answer import BatchAnswerer, GenerationSettings, build_messages  # noqa: E402
+from inference.batch import BatchAnswerer  # noqa: E402
+from inference.messages import build_messages  # noqa: E402
+from inference.settings import GenerationSettings  # noqa: E402
 from evaluation.lmms_eval_plugin import LlavaRemoteLmms, manifest  # noqa: E402
 from evaluation_fixtures import save_tiny_image_text_model  # noqa: E402
 

@@ -60,9 +60,12 @@ def batched(setup, tmp_path_factory) -> Path:
 
 def answer_in_process(setup, output: Path, batch_size: int) -> None:
     """The same answering the CLI does, without a new interpreter (what `llava answer` composes)."""
-    from evaluation.answer import BatchAnswerer, GenerationSettings, answer_questions, load_model_and_processor
     from inference.answer_cli import StopTrimmingAnswerer
-    from inference.chat import template_stop_string
+    from inference.batch import BatchAnswerer
+    from inference.batch import answer_question_file as answer_questions
+    from inference.loading import load_model_and_processor
+    from inference.messages import template_stop_string
+    from inference.settings import GenerationSettings
 
     model_dir, images, questions = setup
     model, processor = load_model_and_processor(str(model_dir), device="cpu")

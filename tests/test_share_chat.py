@@ -13,7 +13,11 @@ from skimage import data
 
 from conftest import REPO_ROOT
 from hub_upload.export import ExportOptions, export_model
-from inference.chat import ChatSession, ChatTemplateError, GenerationOptions, load_model, template_stop_string
+from inference.chat import ChatSession
+from inference.loading import ChatTemplateError
+from inference.loading import load_model_and_processor as load_model
+from inference.messages import template_stop_string
+from inference.settings import GenerationSettings as GenerationOptions
 from share_fixtures import save_tiny_training_output
 
 

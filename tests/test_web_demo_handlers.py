@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import tiny_llava_config
 from inference import web_demo
-from inference.chat import GenerationOptions
+from inference.settings import GenerationSettings as GenerationOptions
 from modeling_llava import LlavaForCausalLM
 from training_fixtures import tiny_processor
 
@@ -36,7 +36,7 @@ def no_generation(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was asked to generate")
 
-    monkeypatch.setattr("inference.chat.stream_answer", refuse)
+    monkeypatch.setattr("inference.streaming.stream_answer", refuse)
 
 
 def test_a_20_mb_question_is_refused_before_tokenizing(chat, no_generation, monkeypatch):

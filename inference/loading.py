@@ -1,0 +1,46 @@
+"""Loading a model for inference: any folder or Hub id through the Auto classes (remote code), with its
+processor, checked to ship the chat template it was trained with."""
+
+from __future__ import annotations
+
+import argparse
+
+from modeling_llava.dtypes import DTYPE_NAMES, torch_dtype
+
+MODEL_HELP = "model folder or Hub repo id (loaded with AutoModelForImageTextToText, trust_remote_code=True)"
+
+
+class ChatTemplateError(ValueError):
+    """The model ships no usable chat template."""
+
+
+def add_device_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device and --dtype, as every command that loads a model for inference spells them."""
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
+                        help="weights dtype (default auto: as saved)")
+
+
+def load_model_and_processor(model_id: str, device: str | None = None, dtype: str = "auto"):
+    """Load a model folder or Hub repo id through the Auto classes (remote code), ready to generate.
+
+    The conversation format is always the chat template shipped with the model (`chat_template.jinja`,
+    read by its processor), never one guessed from the model's name.
+
+    Raises:
+        ChatTemplateError: the model has no chat template, naming the file it should have.
+        ValueError: `dtype` is not one of `modeling_llava.dtypes.DTYPE_NAMES`.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    weights_dtype = torch_dtype(dtype)
+    processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+    if not getattr(processor, "chat_template", None):
+        raise ChatTemplateError(
+            f"{model_id} ships no chat template (chat_template.jinja), so the conversation format it was trained "
+            "with is unknown; re-export it with `llava export SRC OUT --chat-template NAME_OR_FILE`."
+        )
+    model = AutoModelForImageTextToText.from_pretrained(model_id, trust_remote_code=True, dtype=weights_dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor

@@ -1,0 +1,68 @@
+"""Generation settings: one dataclass for every command that generates, and the argparse group that fills it.
+
+Greedy decoding by default (temperature 0), as in the paper's evaluation scripts. Commands differ only in
+the default answer length (a chat answer may run longer than an evaluation answer) and in whether beam search
+and batching apply (a streamed chat answer is one sequence: no beams, no batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+#: Default answer length of batched answering and evaluation.
+ANSWER_MAX_NEW_TOKENS = 256
+#: Default answer length of a chat turn (terminal chat, web demo).
+CHAT_MAX_NEW_TOKENS = 512
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class GenerationSettings:
+    """How answers are generated: length, sampling (temperature 0 = greedy) and beam width."""
+
+    max_new_tokens: int = ANSWER_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `model.generate` (top_p only applies when sampling)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature)
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        else:
+            kwargs["do_sample"] = False
+        return kwargs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
+        """The settings an `add_generation_arguments` group parsed (`--num-beams` only where offered)."""
+        return cls(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=getattr(args, "num_beams", 1),
+        )
+
+
+def add_generation_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
+    batched: bool = True,
+) -> None:
+    """The `generation` option group: --max-new-tokens, --temperature, --top-p, and for batched commands
+    --num-beams and --batch-size (streamed chat answers are one sequence each)."""
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                       help=f"most tokens generated per answer (default {max_new_tokens})")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (only with --temperature > 0)")
+    if batched:
+        group.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1 = no beam search)")
+        group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                           help=f"questions per generate call, left-padded (default {DEFAULT_BATCH_SIZE})")
