@@ -14,7 +14,7 @@ _PREFIX = re.compile(r"^\(?([A-Z])\)?\.(?:\s|$)")
 _THE_ANSWER_IS = re.compile(r"[Tt]he answer is:?\s*\(?([A-Z])\)?(?![A-Za-z])")
 
 
-def extract_answer(text: str | None, num_choices: int) -> str | None:
+def extract_option_letter(text: str | None, num_choices: int) -> str | None:
     """The option letter a prediction chooses, or `None` when it chooses none.
 
     Rules, in order: the text (or its first line) is a bare letter (`"B"`); the text starts with `"B."`;
@@ -132,7 +132,7 @@ def ensemble_judge(
         for _ in range(max_attempts):
             reply = arbiter.complete(messages)
             replies.append(reply.text)
-            decided = extract_answer(reply.text, len(problem["choices"]))
+            decided = extract_option_letter(reply.text, len(problem["choices"]))
             if decided is not None:
                 break
         fallback = decided is None

@@ -25,10 +25,14 @@ def assistant_message(text: str) -> dict[str, Any]:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
+def question_text(text: str) -> str:
+    """A question-file question without its `<image>` placeholder (the chat template renders the image blocks)."""
+    return text.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
 def build_messages(text: str, num_images: int) -> list[dict[str, Any]]:
-    """A one-turn conversation for a question-file question: any `<image>` placeholder in `text` is removed
-    (the chat template renders the image blocks)."""
-    return [user_message(text.replace(IMAGE_PLACEHOLDER, "").strip(), num_images)]
+    """A one-turn conversation for a question-file question (`question_text` of `text`)."""
+    return [user_message(question_text(text), num_images)]
 
 
 def has_image(messages: Sequence[dict[str, Any]]) -> bool:

@@ -12,7 +12,7 @@ from evaluation.scienceqa import (
     accuracy_by_category,
     ensemble_complement,
     ensemble_judge,
-    extract_answer,
+    extract_option_letter,
     format_table,
 )
 from processing.scienceqa import load_scienceqa, problem_categories
@@ -158,7 +158,7 @@ def test_relative_scores_hand_computed():
     ],
 )
 def test_extract_answer_rules(text, num_choices, expected):
-    assert extract_answer(text, num_choices) == expected
+    assert extract_option_letter(text, num_choices) == expected
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_extract_answer_rules(text, num_choices, expected):
     ],
 )
 def test_extract_answer_failures(text, num_choices):
-    assert extract_answer(text, num_choices) is None
+    assert extract_option_letter(text, num_choices) is None
 
 
 # ---------------------------------------------------------------- ScienceQA categories and accuracy
@@ -204,7 +204,7 @@ OUR_TEXTS = {
 
 
 def _letters(texts, problems):
-    return {pid: extract_answer(text, len(problems[pid]["choices"])) for pid, text in texts.items()}
+    return {pid: extract_option_letter(text, len(problems[pid]["choices"])) for pid, text in texts.items()}
 
 
 def test_accuracy_by_category_hand_computed(tmp_path):
