@@ -347,7 +347,62 @@ POPE_TASK = EvalTask(
     _pope_arguments, _load_pope, _score_pope,
 )
 
-TASKS = (JUDGE_TASK, SCIENCEQA_TASK, POPE_TASK)
+# ---------------------------------------------------------------- exact match
+EXACT_MATCH_KEYS = ["id", "image", "type", "question", "answer"]
+
+
+def _exact_match_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", required=True,
+                        help="questions JSONL: {id, image, type, question, answer} (one true one-word answer)")
+    parser.add_argument("--image-root", default=None, help="folder the questions' image paths are relative to")
+    parser.add_argument("--vocabularies", default=None,
+                        help="JSON {type: [words]}: the answer is the first word of the reply in its type's "
+                        "vocabulary (default: the first word of the reply)")
+    add_model_arguments(parser)
+
+
+def _load_exact_match(args: argparse.Namespace) -> Inputs:
+    all_questions, questions = read_questions(args.questions, args.limit, EXACT_MATCH_KEYS)
+    vocabularies = None
+    if args.vocabularies:
+        vocabularies = {kind: set(words) for kind, words in json.loads(Path(args.vocabularies).read_text()).items()}
+    return Inputs(
+        [{"question_id": q["id"], "text": q["question"], "image": q["image"]} for q in questions], args.image_root,
+        {str(q["id"]) for q in all_questions}, {"items": questions, "vocabularies": vocabularies},
+    )
+
+
+def _score_exact_match(args: argparse.Namespace, inputs: Inputs, answers: dict[str, dict[str, Any]]) -> Outcome:
+    from evaluation.exact_match import accuracy_by_type, predict
+
+    items = inputs.data["items"]
+    predictions = [predict(item, answers[str(item["id"])]["text"], inputs.data["vocabularies"]) for item in items]
+    accuracy = accuracy_by_type(predictions)
+    table = "| Type | Accuracy (%) |\n|---|---:|\n" + "\n".join(
+        f"| {kind} | {percent(100 * value)} |" for kind, value in accuracy.items())
+    examples = (
+        {"id": p.id, "image": p.image, "question": p.question, "answer": p.prediction, "reference": p.answer,
+         "score": f"extracted {p.extracted or 'nothing'}: {'correct' if p.correct else 'wrong'}"}
+        for p in predictions
+    )
+    return Outcome(
+        metrics={"task": "exact_match", "model": model_name(args), "questions": len(items), "results": accuracy},
+        title="Exact-match accuracy",
+        setup=[f"- model: `{model_name(args)}`", f"- questions: {len(items)}"],
+        tables=[("Accuracy", table)],
+        examples=examples,
+        summary=f"overall accuracy {percent(100 * accuracy['overall'])}",
+    )
+
+
+EXACT_MATCH_TASK = EvalTask(
+    "exact-match", "exact-match accuracy on one-word-answer questions (the offline demo's measure)",
+    "Reads the first answer-vocabulary word of each reply and compares it with the true answer; accuracy per "
+    "question type and overall.",
+    _exact_match_arguments, _load_exact_match, _score_exact_match,
+)
+
+TASKS = (JUDGE_TASK, SCIENCEQA_TASK, POPE_TASK, EXACT_MATCH_TASK)
 
 
 def build_parser() -> argparse.ArgumentParser:

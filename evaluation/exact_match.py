@@ -46,6 +46,13 @@ class Prediction:
         return self.extracted == self.answer.lower()
 
 
+def predict(item: dict, text: str, vocabularies: dict[str, set[str]] | None = None) -> Prediction:
+    """The scored answer `text` to question `item` (`id, image, type, question, answer`)."""
+    vocabulary = (vocabularies or {}).get(item["type"])
+    return Prediction(item["id"], item["type"], item["question"], item["answer"], text, item["image"],
+                      extract_answer(text, vocabulary))
+
+
 def read_questions(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -70,10 +77,7 @@ def answer_questions(
     batches = answer_in_batches(answerer, questions, batch_size, lambda item: item["question"],
                                 lambda item: Image.open(Path(image_root) / item["image"]).convert("RGB"))
     for batch, texts in batches:
-        for item, text in zip(batch, texts):
-            vocabulary = (vocabularies or {}).get(item["type"])
-            predictions.append(Prediction(item["id"], item["type"], item["question"], item["answer"], text,
-                                          item["image"], extract_answer(text, vocabulary)))
+        predictions += [predict(item, text, vocabularies) for item, text in zip(batch, texts)]
         if progress is not None:
             progress(len(predictions), len(questions))
     return predictions

@@ -374,3 +374,29 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "no prediction for 5 question(s), e.g. ['p2', 'p3', 'p4', 'p5', 'p6']" in capsys.readouterr().err
     code = eval_main(["scienceqa", "--data", str(data), "--output-dir", str(tmp_path / "o")])
     assert code == 2 and "give --model" in capsys.readouterr().err
+
+
+def test_exact_match_cli(tmp_path, tiny_model_dir):
+    Image.new("RGB", (30, 30)).save(tmp_path / "img.png")
+    questions = [
+        {"id": "e0", "image": "img.png", "type": "color", "question": "What colour is the circle?", "answer": "red"},
+        {"id": "e1", "image": "img.png", "type": "color", "question": "What colour is the square?", "answer": "blue"},
+        {"id": "e2", "image": "img.png", "type": "count", "question": "How many shapes?", "answer": "two"},
+    ]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (tmp_path / "vocab.json").write_text(json.dumps({"color": ["red", "blue"], "count": ["one", "two"]}))
+    replies = ["It is red.", "The square is red, not blue.", "I see two."]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"question_id": q["id"], "text": r}) + "\n"
+                                              for q, r in zip(questions, replies)))
+    out = tmp_path / "out"
+    argv = ["exact-match", "--questions", str(tmp_path / "q.jsonl"), "--image-root", str(tmp_path),
+            "--vocabularies", str(tmp_path / "vocab.json"), "--output-dir"]
+    assert eval_main([*argv, str(out), "--predictions", str(tmp_path / "p.jsonl")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["results"] == {"color": 0.5, "count": 1.0, "overall": pytest.approx(2 / 3)}
+    assert "extracted red: wrong" in (out / "report.md").read_text()
+
+    out_model = tmp_path / "out_model"
+    assert eval_main([*argv, str(out_model), "--model", str(tiny_model_dir), "--max-new-tokens", "2",
+                      "--no-progress"]) == 0
+    assert json.loads((out_model / "metrics.json").read_text())["questions"] == 3
