@@ -232,27 +232,12 @@ class LocalTeacher(Teacher):
 
 
 def build_teacher(
-    kind: str,
-    model: str,
-    *,
-    base_url: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    temperature: float = 0.0,
-    max_tokens: int = 1024,
-    timeout: float = 60.0,
-    max_retries: int = 5,
+    kind: str, model: str, *, max_tokens: int = 1024, temperature: float = 0.0, **openai_options: Any
 ) -> Teacher:
-    """The teacher (or judge) a command line asks for: `openai` (any compatible endpoint) or `local`."""
+    """The teacher (or judge) a command line asks for: `openai` (any compatible endpoint; `openai_options` are
+    `OpenAITeacher`'s base_url, api_key_env, timeout, max_retries) or `local` (which has no such options)."""
     if kind == "openai":
-        return OpenAITeacher(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
+        return OpenAITeacher(model, temperature=temperature, max_tokens=max_tokens, **openai_options)
     if kind == "local":
         return LocalTeacher.from_pretrained(model, max_new_tokens=max_tokens, temperature=temperature)
     raise ValueError(f"Unknown teacher kind {kind!r}: expected 'openai' or 'local'.")

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-#: Question types of the paper's evaluation, in the order of its tables.
-QUESTION_TYPES: tuple[str, ...] = ("conversation", "detail", "complex")
+# The question types of the paper's evaluation are the response types of its data (§3), in its tables' order.
+from datagen.prompting import RESPONSE_TYPES
 
 # LLaVA-Bench files name the types "conv", "detail", "complex"; both spellings are accepted.
 _TYPE_ALIASES = {"conv": "conversation", "conversation": "conversation", "detail": "detail", "complex": "complex"}
@@ -219,7 +219,7 @@ def relative_scores(reviews: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
             entry["scores"].append(review["scores"])
 
     buckets: dict[str, dict[str, list]] = {
-        name: {"model": [], "reference": [], "unscored": []} for name in (*QUESTION_TYPES, "all")
+        name: {"model": [], "reference": [], "unscored": []} for name in (*RESPONSE_TYPES, "all")
     }
     for question_id, entry in per_question.items():
         for bucket in (buckets[entry["type"]], buckets["all"]):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.judge import QUESTION_TYPES
+from datagen.prompting import RESPONSE_TYPES
 from processing.files import write_json, write_text
 from processing.images import ImageLoadError, load_image
 
@@ -28,7 +28,7 @@ def judge_table(results: dict[str, dict[str, Any]]) -> str:
         "| Type | Relative score | Model mean | Reference mean | Scored | Unscored |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name in (*QUESTION_TYPES, "all"):
+    for name in (*RESPONSE_TYPES, "all"):
         if name not in results:
             continue
         row = results[name]
