@@ -1,9 +1,10 @@
-"""Evaluation as in the paper (§5).
+"""Evaluation as in the paper (§5), answering through the inference layer (`inference.batch`).
 
-- `answer`: batched, resumable answering of a question file by a model (folder or Hub id).
+- `runner`: the one recipe (load, answer, score, metrics, report) and `EvalTask`, the shape of a task.
+- `cli`: the tasks `llava eval judge|scienceqa|pope|exact-match`, each a short definition over the runner.
 - `judge`: judge-based relative score (Table 3) through a `datagen.teachers.Teacher`.
-- `scienceqa`: answer extraction, accuracy per category (Table 6), complement / judge ensembles.
-- `pope`: yes/no object-hallucination metrics.
-- `report`: `metrics.json` and the Markdown report; `cli`: `llava eval judge|scienceqa|pope`.
+- `scienceqa`: option-letter extraction, accuracy per category (Table 6), complement / judge ensembles.
+- `pope`: yes/no object-hallucination metrics; `exact_match`: one-word-answer accuracy (the offline demo's).
+- `report`: `metrics.json` and the Markdown report.
 - `lmms_eval_plugin`: the model adapter for lmms-eval (needs the `eval` extra).
 """
