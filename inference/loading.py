@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from modeling_llava.dtypes import DTYPE_NAMES, torch_dtype
-
 MODEL_HELP = "model folder or Hub repo id (loaded with AutoModelForImageTextToText, trust_remote_code=True)"
 
 
@@ -14,11 +12,26 @@ class ChatTemplateError(ValueError):
     """The model ships no usable chat template."""
 
 
+def dtype_name(value: str) -> str:
+    """The argparse type of `--dtype`: one of `modeling_llava.dtypes.DTYPE_NAMES`.
+
+    Checked when parsed rather than as `choices`, so that building a parser (and `--help`) does not import
+    the model package (torch, transformers); the default `auto` needs no check.
+    """
+    if value == "auto":
+        return value
+    from modeling_llava.dtypes import DTYPE_NAMES
+
+    if value not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(DTYPE_NAMES)})")
+    return value
+
+
 def add_device_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--device and --dtype, as every command that loads a model for inference spells them."""
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
-                        help="weights dtype (default auto: as saved)")
+    parser.add_argument("--dtype", default="auto", type=dtype_name,
+                        help="weights dtype: auto (the default: as saved), float32, bfloat16 or float16")
 
 
 def load_model_and_processor(model_id: str, device: str | None = None, dtype: str = "auto"):
@@ -33,6 +46,8 @@ def load_model_and_processor(model_id: str, device: str | None = None, dtype: st
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_llava.dtypes import torch_dtype
 
     weights_dtype = torch_dtype(dtype)
     processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)

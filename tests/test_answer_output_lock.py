@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from conftest import REPO_ROOT
-from inference.batch import answer_question_file as answer_questions
+from inference.batch import answer_question_file
 from processing.jsonl_store import OutputInUseError, ResumableJsonl
 
 
@@ -42,13 +42,13 @@ def test_second_run_refuses_while_another_process_holds_the_output(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputInUseError, match="in use by another run"):
-            answer_questions(QUESTIONS, EchoAnswerer(), output, show_progress=False)
+            answer_question_file(QUESTIONS, EchoAnswerer(), output, show_progress=False)
         assert output.read_text() == ""
     finally:
         holder.communicate("\n", timeout=60)
     assert holder.returncode == 0
     # Once the first run is done, the file is free again.
-    assert len(answer_questions(QUESTIONS, EchoAnswerer(), output, show_progress=False)) == 3
+    assert len(answer_question_file(QUESTIONS, EchoAnswerer(), output, show_progress=False)) == 3
 
 
 def test_rerun_reports_and_drops_duplicate_ids(tmp_path, caplog):
@@ -57,7 +57,7 @@ def test_rerun_reports_and_drops_duplicate_ids(tmp_path, caplog):
     second = dict(first, text="SECOND")
     output.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
     with caplog.at_level(logging.WARNING):
-        answers = answer_questions(QUESTIONS, EchoAnswerer(), output, show_progress=False)
+        answers = answer_question_file(QUESTIONS, EchoAnswerer(), output, show_progress=False)
     assert "dropped 1 duplicate record(s) of question_id 'q0'" in caplog.text
     assert answers["q0"]["text"] == "FIRST"
     ids = [json.loads(line)["question_id"] for line in output.read_text().splitlines()]

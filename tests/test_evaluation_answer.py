@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from inference.batch import BatchAnswerer
-from inference.batch import answer_question_file as answer_questions
+from inference.batch import answer_question_file
 from inference.loading import load_model_and_processor
 from inference.messages import truncate_at_stops
 from inference.settings import GenerationSettings
@@ -40,10 +40,10 @@ class CountingAnswerer:
 
 def test_batched_answers_match_one_by_one(tmp_path, tiny_answerer):
     questions = write_questions(tmp_path / "q.jsonl", tmp_path, count=5)
-    batched = answer_questions(
+    batched = answer_question_file(
         questions, tiny_answerer, tmp_path / "b.jsonl", image_root=tmp_path, batch_size=3, show_progress=False
     )
-    single = answer_questions(
+    single = answer_question_file(
         questions, tiny_answerer, tmp_path / "s.jsonl", image_root=tmp_path, batch_size=1, show_progress=False
     )
     assert {k: v["text"] for k, v in batched.items()} == {k: v["text"] for k, v in single.items()}
@@ -56,7 +56,7 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
     output = tmp_path / "predictions.jsonl"
     first = CountingAnswerer(tiny_answerer, fail_on_call=2)
     with pytest.raises(KeyboardInterrupt):
-        answer_questions(questions, first, output, image_root=tmp_path, batch_size=2, show_progress=False)
+        answer_question_file(questions, first, output, image_root=tmp_path, batch_size=2, show_progress=False)
     kept = read_records(output)
     assert [r["question_id"] for r in kept] == ["q0", "q2"]  # the first batch survived the interruption
 
@@ -64,23 +64,23 @@ def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answer
     with open(output, "a") as handle:
         handle.write('{"question_id": "q4", "text": "half a reco')
     second = CountingAnswerer(tiny_answerer)
-    predictions = answer_questions(questions, second, output, image_root=tmp_path, batch_size=2, show_progress=False)
+    predictions = answer_question_file(questions, second, output, image_root=tmp_path, batch_size=2, show_progress=False)
     assert second.answered == 3  # q4, q1, q3: nothing answered twice
     assert list(predictions) == ["q0", "q1", "q2", "q3", "q4"]
     final = read_records(output)
     assert sorted(r["question_id"] for r in final) == ["q0", "q1", "q2", "q3", "q4"]
     assert final[:2] == kept  # earlier predictions kept byte for byte
 
-    reference = answer_questions(
+    reference = answer_question_file(
         questions, tiny_answerer, tmp_path / "ref.jsonl", image_root=tmp_path, batch_size=2, show_progress=False
     )
     assert {k: v["text"] for k, v in predictions.items()} == {k: v["text"] for k, v in reference.items()}
 
     with pytest.raises(ValueError, match="holds predictions of another model"):
-        answer_questions(questions, second, output, image_root=tmp_path, model_id="other-model", show_progress=False)
+        answer_question_file(questions, second, output, image_root=tmp_path, model_id="other-model", show_progress=False)
 
     third = CountingAnswerer(tiny_answerer)
-    answer_questions(questions, third, output, image_root=tmp_path, batch_size=2, show_progress=False)
+    answer_question_file(questions, third, output, image_root=tmp_path, batch_size=2, show_progress=False)
     assert third.calls == 0  # all done: nothing recomputed
 
 
@@ -88,13 +88,13 @@ def test_answer_errors_name_the_problem(tmp_path, tiny_answerer):
     questions = write_questions(tmp_path / "q.jsonl", tmp_path, count=2)
     (tmp_path / "img0.png").unlink()
     with pytest.raises(ImageLoadError, match="img0.png: no such image file"):
-        answer_questions(questions, tiny_answerer, tmp_path / "p.jsonl", image_root=tmp_path, show_progress=False)
+        answer_question_file(questions, tiny_answerer, tmp_path / "p.jsonl", image_root=tmp_path, show_progress=False)
     with pytest.raises(ValueError, match="question_id 'q1' appears more than once"):
-        answer_questions(
+        answer_question_file(
             questions + [questions[1]], tiny_answerer, tmp_path / "p.jsonl", image_root=tmp_path, show_progress=False
         )
     with pytest.raises(ValueError, match=r"question 1: missing field\(s\) \['text'\]"):
-        answer_questions([{"question_id": "x"}], tiny_answerer, tmp_path / "p.jsonl", show_progress=False)
+        answer_question_file([{"question_id": "x"}], tiny_answerer, tmp_path / "p.jsonl", show_progress=False)
 
 
 def test_generation_settings_and_stops():

@@ -62,7 +62,7 @@ def answer_in_process(setup, output: Path, batch_size: int) -> None:
     """The same answering the CLI does, without a new interpreter (what `llava answer` composes)."""
     from inference.answer_cli import StopTrimmingAnswerer
     from inference.batch import BatchAnswerer
-    from inference.batch import answer_question_file as answer_questions
+    from inference.batch import answer_question_file
     from inference.loading import load_model_and_processor
     from inference.messages import template_stop_string
     from inference.settings import GenerationSettings
@@ -71,7 +71,7 @@ def answer_in_process(setup, output: Path, batch_size: int) -> None:
     model, processor = load_model_and_processor(str(model_dir), device="cpu")
     answerer = StopTrimmingAnswerer(BatchAnswerer(model, processor, GenerationSettings(max_new_tokens=10)),
                                     template_stop_string(processor))
-    answer_questions(QUESTIONS, answerer, output, image_root=images, batch_size=batch_size, model_id=str(model_dir),
+    answer_question_file(QUESTIONS, answerer, output, image_root=images, batch_size=batch_size, model_id=str(model_dir),
                      show_progress=False)
 
 

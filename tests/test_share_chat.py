@@ -15,9 +15,9 @@ from conftest import REPO_ROOT
 from hub_upload.export import ExportOptions, export_model
 from inference.chat import ChatSession
 from inference.loading import ChatTemplateError
-from inference.loading import load_model_and_processor as load_model
+from inference.loading import load_model_and_processor
 from inference.messages import template_stop_string
-from inference.settings import GenerationSettings as GenerationOptions
+from inference.settings import GenerationSettings
 from share_fixtures import save_tiny_training_output
 
 
@@ -77,8 +77,8 @@ def test_template_comes_from_the_models_files_not_its_name(tmp_path, photos):
     # A model called "...chatml..." that was trained with the paper's format chats in the paper's format.
     src = save_tiny_training_output(tmp_path / "run")
     model_dir = export_model(src, tmp_path / "llava-chatml-tiny", ExportOptions(chat_template="paper"))
-    model, processor = load_model(str(model_dir))
-    session = ChatSession(model, processor, GenerationOptions(max_new_tokens=6))
+    model, processor = load_model_and_processor(str(model_dir))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=6))
     session.set_image(Image.open(photos["astronaut"]).convert("RGB"))
     prompt = session.prompt_for("What is in this photo?")
     assert "###Human: <image>\nWhat is in this photo?###Assistant:" in prompt and "<|im_start|>" not in prompt
@@ -87,13 +87,13 @@ def test_template_comes_from_the_models_files_not_its_name(tmp_path, photos):
     # Without a template there is no guessing: a clear error naming the missing file.
     (model_dir / "chat_template.jinja").unlink()
     with pytest.raises(ChatTemplateError, match="chat_template.jinja"):
-        load_model(str(model_dir))
+        load_model_and_processor(str(model_dir))
 
 
 def test_answers_stream_in_pieces_and_stop_at_the_template_marker(model_dir, photos):
-    model, processor = load_model(str(model_dir))
+    model, processor = load_model_and_processor(str(model_dir))
     assert template_stop_string(processor) == "<|im_end|>"
-    session = ChatSession(model, processor, GenerationOptions(max_new_tokens=16))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=16))
     session.set_image(Image.open(photos["astronaut"]).convert("RGB"))
     pieces = list(session.ask("What is in this photo?"))
     assert len(pieces) > 1  # streamed, not one block at the end
@@ -102,7 +102,7 @@ def test_answers_stream_in_pieces_and_stop_at_the_template_marker(model_dir, pho
 
 
 def test_the_current_image_reaches_the_model(model_dir, photos):
-    model, processor = load_model(str(model_dir))
+    model, processor = load_model_and_processor(str(model_dir))
     seen = []
     generate = model.generate
 
@@ -111,7 +111,7 @@ def test_the_current_image_reaches_the_model(model_dir, photos):
         return generate(**kwargs)
 
     model.generate = recording_generate
-    session = ChatSession(model, processor, GenerationOptions(max_new_tokens=2))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=2))
     for name in ("astronaut", "coffee"):
         session.set_image(Image.open(photos[name]).convert("RGB"))
         list(session.ask("What is in this photo?"))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import tiny_llava_config
 from inference import web_demo
-from inference.settings import GenerationSettings as GenerationOptions
+from inference.settings import GenerationSettings
 from modeling_llava import LlavaForCausalLM
 from training_fixtures import tiny_processor
 
@@ -21,7 +21,7 @@ def chat():
     torch.manual_seed(0)
     model = LlavaForCausalLM(tiny_llava_config()).eval()
     processor = tiny_processor()
-    options = GenerationOptions(max_new_tokens=8)
+    options = GenerationSettings(max_new_tokens=8)
     limits = web_demo.QuestionLimits.for_model(model, processor)
     return model, processor, options, limits
 
@@ -89,7 +89,7 @@ def test_after_refusals_the_next_question_is_answered_without_them(chat):
 
 def test_a_conversation_near_the_context_gets_a_shorter_answer_and_is_told(chat):
     model, processor, options, limits = chat
-    options = GenerationOptions(max_new_tokens=200)
+    options = GenerationSettings(max_new_tokens=200)
     question = "z" * (limits.context_tokens - 100)
     history, _ = last_turn((model, processor, options, limits), None, question)
     assert "(Answer limited to" in history[-1]["content"]
