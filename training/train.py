@@ -4,6 +4,10 @@ The stage is part of the configuration (`stage: 1` or `stage: 2`); the YAML file
 flags override them (TRL's `TrlParser`). `run(config_dict)` is the same thing in-process, and it can take an
 already loaded model and processor so that a two-stage run does not reload the LLM between stages.
 
+`train()` reads as the recipe: the model to train (`model_for_training`), its collator (`training_collator`), the
+checked data (`prepare_dataset`), TRL's trainer, `save_outputs`. What differs between the stages is decided once,
+in the arguments' `plan` (`training.stages.StagePlan`); the steps read the plan, never `stage`.
+
 Outputs, in `output_dir`:
 - stage 1: the complete model and processor (loadable with `AutoModelForImageTextToText` / `AutoProcessor`,
   `trust_remote_code=True`, so you can chat right away) and `mm_projector.safetensors`, the projector alone with
