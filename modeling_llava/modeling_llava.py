@@ -202,6 +202,32 @@ class LlavaModel(LlavaPreTrainedModel):
         total = self._num_vision_layers()
         return max(layer if layer >= 0 else total + 1 + layer for layer in self.config.vision_feature_layers)
 
+    def _layer_by_layer_parts(self) -> tuple[nn.Module, nn.Module | None, nn.ModuleList] | None:
+        """`(embeddings, pre-encoder norm or None, encoder layers)` of a CLIP/SigLIP-style tower, which this model
+        runs layer by layer; `None` for another kind of encoder, which runs whole."""
+        tower = self.vision_tower
+        encoder_layers = getattr(getattr(tower, "encoder", None), "layers", None)
+        if not (hasattr(tower, "embeddings") and isinstance(encoder_layers, nn.ModuleList)):
+            return None
+        # CLIP normalises before the encoder; SigLIP does not
+        return tower.embeddings, getattr(tower, "pre_layrnorm", None), encoder_layers
+
+    def vision_parameters_without_gradient(self) -> list[str]:
+        """Names (as in `vision_tower.named_parameters()`) of the vision parameters the outputs never depend on.
+
+        The image features come from the embeddings (and CLIP's pre-encoder norm) through the encoder layers up to
+        the deepest selected one (`vision_layers_used`); the later layers, the final norm and any pooling head never
+        reach them, so they never receive a gradient even in a trained tower. Empty for encoders other than
+        CLIP/SigLIP, whose structure this model does not know.
+        """
+        parts = self._layer_by_layer_parts()
+        if parts is None:
+            return []
+        embeddings, pre_norm, encoder_layers = parts
+        used = [embeddings, *([pre_norm] if pre_norm is not None else []), *encoder_layers[: self.vision_layers_used()]]
+        used_parameters = {id(parameter) for module in used for parameter in module.parameters()}
+        return [name for name, parameter in self.vision_tower.named_parameters() if id(parameter) not in used_parameters]
+
     def expected_pixel_shape(self) -> tuple[int, int, int]:
         """`(channels, height, width)` of one image as the vision encoder takes it."""
         vision = self.config.vision_config
@@ -232,13 +258,13 @@ class LlavaModel(LlavaPreTrainedModel):
         pixel_values = pixel_values.to(dtype=tower.dtype)
         wanted = self.config.vision_feature_layers
         deepest = self.vision_layers_used()
-        encoder_layers = getattr(getattr(tower, "encoder", None), "layers", None)
-        layer_by_layer = hasattr(tower, "embeddings") and isinstance(encoder_layers, nn.ModuleList)
+        parts = self._layer_by_layer_parts()
         hidden_states = attentions = None
-        if layer_by_layer and not (output_hidden_states or output_attentions):
-            states = tower.embeddings(pixel_values)
-            if hasattr(tower, "pre_layrnorm"):  # CLIP normalises before the encoder; SigLIP does not
-                states = tower.pre_layrnorm(states)
+        if parts is not None and not (output_hidden_states or output_attentions):
+            embeddings, pre_norm, encoder_layers = parts
+            states = embeddings(pixel_values)
+            if pre_norm is not None:
+                states = pre_norm(states)
             collected = [states]
             for layer in encoder_layers[:deepest]:
                 states = layer(states, None)
@@ -264,10 +290,26 @@ class LlavaModel(LlavaPreTrainedModel):
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Selected vision hidden states, before the projector: `(num_images, image_seq_length, vision_feature_dim)`.
 
-        The plain-tensor input of the projector, which the stage-1 feature cache stores (and passes back to
-        `forward` as `vision_features`).
+        The plain-tensor input of the projector. `forward(vision_features=...)` takes it back in place of
+        `pixel_values`, which is how a frozen tower's features can be computed once and reused (the stage-1 feature
+        cache); [`vision_feature_dependencies`] says when two models give the same features.
         """
-        return self._run_vision_tower(pixel_values)[0]
+        return self._run_vision_tower(pixel_values.to(self.vision_tower.device))[0]
+
+    def vision_feature_dependencies(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """What [`get_vision_features`] depends on besides the pixels: `(settings, weights)`.
+
+        `settings` holds the vision config, the selected feature layer(s), the select strategy and the tower's dtype
+        (JSON-serialisable); `weights` is the tower's state dict. Models with equal settings and weights give equal
+        features for equal pixels, so a cache of features can key on the two.
+        """
+        settings = {
+            "vision_config": self.config.vision_config.to_dict(),
+            "vision_feature_layer": self.config.vision_feature_layer,
+            "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
+            "dtype": str(self.vision_tower.dtype),
+        }
+        return settings, self.vision_tower.state_dict()
 
     @can_return_tuple
     def get_image_features(
@@ -348,38 +390,12 @@ class LlavaModel(LlavaPreTrainedModel):
             raise ValueError("Pass pixel_values or vision_features, not both.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        image_outputs = None
-        if pixel_values is not None:
-            image_outputs = self.get_image_features(
-                pixel_values,
-                output_hidden_states=kwargs.get("output_hidden_states"),
-                output_attentions=kwargs.get("output_attentions"),
-                return_dict=True,
-            )
-        elif vision_features is not None:
-            projected = self.multi_modal_projector(vision_features.to(self.multi_modal_projector_dtype))
-            image_outputs = BaseModelOutputWithPooling(pooler_output=projected)
+        image_outputs = self._encode_images(pixel_values, vision_features, **kwargs)
         if image_outputs is not None:
             # Images given: every image token gets exactly one feature, or a clear error.
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_outputs.pooler_output)
-        elif self.training and self._image_token_mask(input_ids, inputs_embeds).any():
-            # No images: at inference the image tokens are ordinary tokens, as transformers' contract has it
-            # (assisted decoding and text-only passes over a prompt that holds them rely on it). A training batch
-            # is different: image tokens without their images there mean the images were lost on the way (a
-            # dropped column, a collator bug), and training on placeholder embeddings would fail silently.
-            num_tokens = int(self._image_token_mask(input_ids, inputs_embeds).sum())
-            raise ValueError(
-                f"This training batch has {num_tokens} image tokens but no pixel_values or vision_features "
-                "(0 image features): pass the images that belong to its <image> placeholders."
-            )
-        if image_outputs is None and self.training and _every_rank_must_run_every_module():
-            # A text-only batch on one rank while the others have images: under ZeRO-3/FSDP the tower's and the
-            # projector's parameters are gathered collectively (the job hangs), under DDP the projector's gradient
-            # is missing on this rank (the reduction fails). Run them on one blank image and add the result times
-            # zero: the same modules on every rank, the same loss, zero gradients from this batch.
-            blank = torch.zeros((1, *self.expected_pixel_shape()), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
-            inputs_embeds = inputs_embeds + 0.0 * self.multi_modal_projector(self.get_vision_features(blank)).sum()
+        elif self.training:
+            inputs_embeds = self._text_only_training_embeddings(input_ids, inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -397,6 +413,43 @@ class LlavaModel(LlavaPreTrainedModel):
             attentions=outputs.attentions,
             image_outputs=image_outputs,
         )
+
+    def _encode_images(
+        self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None, **kwargs
+    ) -> BaseModelOutputWithPooling | None:
+        """The projected image features of a forward's images (`pooler_output`), or `None` without images."""
+        if pixel_values is not None:
+            return self.get_image_features(
+                pixel_values,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+                return_dict=True,
+            )
+        if vision_features is not None:
+            projected = self.multi_modal_projector(vision_features.to(self.multi_modal_projector_dtype))
+            return BaseModelOutputWithPooling(pooler_output=projected)
+        return None
+
+    def _text_only_training_embeddings(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`inputs_embeds` of a training batch without images, after two checks only training needs."""
+        image_mask = self._image_token_mask(input_ids, inputs_embeds)
+        if image_mask.any():
+            # At inference the image tokens are ordinary tokens, as transformers' contract has it (assisted
+            # decoding and text-only passes over a prompt that holds them rely on it). In a training batch, image
+            # tokens without their images mean the images were lost on the way (a dropped column, a collator bug),
+            # and training on placeholder embeddings would fail silently.
+            raise ValueError(
+                f"This training batch has {int(image_mask.sum())} image tokens but no pixel_values or vision_features "
+                "(0 image features): pass the images that belong to its <image> placeholders."
+            )
+        if not _every_rank_must_run_every_module():
+            return inputs_embeds
+        # A text-only batch on one rank while the others have images: under ZeRO-3/FSDP the tower's and the
+        # projector's parameters are gathered collectively (the job hangs), under DDP the projector's gradient is
+        # missing on this rank (the reduction fails). Run them on one blank image and add the result times zero:
+        # the same modules on every rank, the same loss, zero gradients from this batch.
+        blank = torch.zeros((1, *self.expected_pixel_shape()), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+        return inputs_embeds + 0.0 * self.multi_modal_projector(self.get_vision_features(blank)).sum()
 
     @property
     def multi_modal_projector_dtype(self) -> torch.dtype:
@@ -459,6 +512,15 @@ class LlavaForCausalLM(LlavaPreTrainedModel, GenerationMixin):
     ) -> tuple | BaseModelOutputWithPooling:
         """See [`LlavaModel.get_image_features`]: `pooler_output` holds the projected image features."""
         return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """See [`LlavaModel.get_vision_features`]: the projector's input, which `forward(vision_features=...)`
+        takes back in place of `pixel_values`."""
+        return self.model.get_vision_features(pixel_values)
+
+    def vision_feature_dependencies(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """See [`LlavaModel.vision_feature_dependencies`]: when two models give the same vision features."""
+        return self.model.vision_feature_dependencies()
 
     @can_return_tuple
     @_accepts_past_key_values

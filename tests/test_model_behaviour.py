@@ -131,6 +131,36 @@ def test_siglip_vision_encoder_uses_all_patches():
     assert out.image_outputs.pooler_output.shape == (1, 25, 48)
 
 
+@pytest.mark.parametrize("encoder", ["clip", "siglip"])
+def test_the_model_names_exactly_the_vision_parameters_that_get_no_gradient(encoder):
+    # vision_feature_layer -2: the last encoder layer, the final norm (and SigLIP's pooling head) never reach the
+    # features; the trainer keeps exactly these frozen in an unfrozen tower (DDP would wait for their gradients).
+    overrides = {}
+    if encoder == "siglip":
+        siglip = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                    image_size=30, patch_size=6)
+        overrides = {"vision_config": siglip.to_dict(), "vision_feature_select_strategy": "full"}
+    model = LlavaForCausalLM(tiny_llava_config(**overrides)).train()
+    unused = model.model.vision_parameters_without_gradient()
+    last = model.config.vision_config.num_hidden_layers - 1
+    assert unused and all(f"layers.{last}." in name or "post_layernorm" in name or name.startswith("head.")
+                          for name in unused)
+    ids = torch.tensor([prompt([5, 6, 7])])
+    model(input_ids=ids, pixel_values=torch.randn(1, 3, 30, 30), labels=ids).loss.backward()
+    without = sorted(name for name, p in model.model.vision_tower.named_parameters() if p.grad is None or not p.grad.any())
+    assert without == sorted(unused)
+
+
+def test_the_image_feature_api_computes_the_features_and_names_what_they_depend_on():
+    model = tiny_llava_model()
+    settings, weights = model.vision_feature_dependencies()
+    assert settings["vision_feature_layer"] == model.config.vision_feature_layer and "dtype" in settings
+    assert set(weights) == set(model.model.vision_tower.state_dict())
+    pixel_values = torch.randn(2, 3, 30, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_vision_features(pixel_values), model.model.get_vision_features(pixel_values))
+
+
 def test_gradient_checkpointing_gives_same_loss_and_gradients():
     model = tiny_llava_model().train()
     ids = torch.tensor([prompt([5, 6, 7, 8])])

@@ -16,6 +16,8 @@ from trl import SFTConfig, TrlParser
 
 from modeling_llava.modeling_llava import LORA_TARGET_MODULES as LLM_LORA_TARGETS
 
+from .stages import StagePlan
+
 
 class ConfigError(ValueError):
     """A training configuration names an unknown option or gives one a value it cannot take."""
@@ -119,8 +121,8 @@ class LlavaTrainArguments:
         default=None,
         metadata={
             "help": "Attention kernel of the whole model (vision tower and LLM): sdpa, eager, flash_attention_2, ... "
-            "Default: the checkpoint's (sdpa). On CPU with short sequences eager is faster: ~15%% per step of the "
-            "offline demo's stage 2 (SmolLM2-135M, ~100 tokens), where sdpa's CPU flash backward dominates."
+            "Default: the checkpoint's (sdpa). On CPU with short sequences eager is faster, as sdpa's CPU "
+            "flash-attention backward dominates there (docs/benchmarks.md, offline demo, eager attention)."
         },
     )
     data_path: str | None = field(
@@ -208,7 +210,16 @@ class LlavaTrainArguments:
     )
 
     def __post_init__(self):
+        """Check the options against each other and derive the stage's plan (`self.plan`, a `StagePlan`)."""
         check_choices(self)
+        self.plan = StagePlan.for_stage(
+            self.stage,
+            freeze_vision_tower=self.freeze_vision_tower,
+            freeze_language_model=True if self.use_peft else self.freeze_language_model,
+            use_lora=self.use_peft,
+            chat_template=self.chat_template,
+            feature_cache_dir=self.feature_cache_dir,
+        )
 
 
 def _has_accelerator() -> bool:
@@ -222,8 +233,8 @@ def _accelerator_has_bf16() -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 autocast measured 2.1x faster
-    SmolLM2-135M training steps than float32. Not a default: CPU runs stay float32 unless a config asks
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 autocast trains much faster than
+    float32 (docs/benchmarks.md, offline demo). Not a default: CPU runs stay float32 unless a config asks
     (`bf16: true` with `use_cpu: true`), so results do not depend on the CPU model."""
     return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
         torch.cpu, "_is_amx_tile_supported", lambda: False
@@ -278,4 +289,6 @@ class LlavaSFTConfig(SFTConfig):
             self.bf16 = (not self.fp16) and _accelerator_has_bf16()
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("fp16 mixed precision needs a CUDA GPU; none is available here. Remove --fp16.")
+        if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("true", "last"):
+            self.resume_from_checkpoint = True  # `Trainer.train`'s spelling of "the last checkpoint in output_dir"
         super().__post_init__()

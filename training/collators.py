@@ -9,12 +9,15 @@ processor, and supervise only the marked tokens:
 - stage 2 (instruction tuning) uses any template (the paper's, Vicuna v1, ChatML, …): loss on every assistant
   answer and its stop string only.
 
-With a custom collator TRL applies neither padding nor `max_length` (DESIGN §3), so the collators own both.
-They never truncate: cutting a sample would cut image tokens (and the model would then refuse the batch) or the
-answer being learned. A sample longer than `max_length`, or one with no supervised token at all, is either an
-error naming the sample or, with `on_bad_sample="skip"`, dropped from the batch and recorded in
-`collator.skipped`. The training entry point runs the same checks over the whole dataset *before* training
-(`find_unusable_samples`), so in practice nothing is left to skip mid-run.
+`stage_collator(processor, plan)` builds the collator of a stage (`training.stages.StagePlan`); `stage1_collator`
+and `stage2_collator` are its two stages spelled out.
+
+With a custom collator TRL applies neither padding nor `max_length`, so the collator owns both. It never
+truncates: cutting a sample would cut image tokens (and the model would then refuse the batch) or the answer
+being learned. A sample longer than `max_length`, or one with no supervised token at all, is either an error
+naming the sample or, with `on_bad_sample="skip"`, dropped from the batch and recorded in `collator.skipped`.
+The training entry point runs the same checks over the whole dataset *before* training (`scan_samples`, called
+by `training.train.prepare_dataset`), so in practice nothing is left to skip mid-run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, Literal
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
+
+from .stages import StagePlan
 
 
 IGNORE_INDEX = -100
@@ -239,27 +244,30 @@ def check_labels(batch: dict[str, torch.Tensor], image_token_id: int) -> None:
         )
 
 
-def stage1_collator(processor, max_length: int | None = 2048, on_bad_sample: str = "error", **kwargs) -> LlavaDataCollator:
-    """The stage-1 collator: the `plain` template (image then caption), loss on the caption and its end only."""
-    from processing.templates import get_chat_template
-
-    return LlavaDataCollator(
-        processor, max_length=max_length, chat_template=get_chat_template("plain"), on_bad_sample=on_bad_sample, **kwargs
-    )
-
-
-def stage2_collator(
-    processor, max_length: int | None = 2048, chat_template: str | None = None, on_bad_sample: str = "error", **kwargs
+def stage_collator(
+    processor, plan: StagePlan, max_length: int | None = 2048, on_bad_sample: str = "error", **kwargs
 ) -> LlavaDataCollator:
-    """The stage-2 collator: multi-turn chats in `chat_template` (a name from `processing.templates`, a Jinja
-    string, or `None` for the processor's own), loss on the assistant answers and their stop strings only."""
+    """The collator of a training stage: the plan's chat template (a name from `processing.templates`, a Jinja
+    string, or `None` for the processor's own), loss on what its generation markers enclose. `kwargs` go to
+    `LlavaDataCollator` (`pad_to_multiple_of`)."""
     return LlavaDataCollator(
         processor,
         max_length=max_length,
-        chat_template=resolve_template(chat_template, processor),
+        chat_template=resolve_template(plan.chat_template, processor),
         on_bad_sample=on_bad_sample,
         **kwargs,
     )
+
+
+def stage1_collator(processor, **kwargs) -> LlavaDataCollator:
+    """The stage-1 collator: the `plain` template (image then caption), loss on the caption and its end only."""
+    return stage_collator(processor, StagePlan.for_stage(1), **kwargs)
+
+
+def stage2_collator(processor, chat_template: str | None = None, **kwargs) -> LlavaDataCollator:
+    """The stage-2 collator: multi-turn chats in `chat_template` (a name from `processing.templates`, a Jinja
+    string, or `None` for the processor's own), loss on the assistant answers and their stop strings only."""
+    return stage_collator(processor, StagePlan.for_stage(2, chat_template=chat_template), **kwargs)
 
 
 def resolve_template(chat_template: str | None, processor) -> str | None:
@@ -331,11 +339,6 @@ def length_cache(data_path, collator: LlavaDataCollator, cache_dir=None):
     return LengthCache(cache_dir or default_cache_dir(), data_path, measure, "train")
 
 
-def find_unusable_samples(dataset, collator: LlavaDataCollator) -> list[SkippedSample]:
-    """The samples of `dataset` the collator would refuse (see `scan_samples`)."""
-    return [SkippedSample(scan.sample_id, scan.problem) for scan in scan_samples(dataset, collator) if scan.problem]
-
-
 __all__ = [
     "IGNORE_INDEX",
     "LlavaDataCollator",
@@ -345,9 +348,9 @@ __all__ = [
     "SampleScan",
     "check_labels",
     "length_cache",
-    "find_unusable_samples",
     "scan_samples",
     "resolve_template",
+    "stage_collator",
     "stage1_collator",
     "stage2_collator",
 ]

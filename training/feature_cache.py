@@ -1,14 +1,16 @@
 """Stage-1 vision feature cache: run the frozen vision tower once per image, not once per image per epoch.
 
 In stage 1 the vision tower is frozen, so its output for an image never changes. The cache stores each image's
-selected vision features (the input of the projector, `LlavaModel.get_vision_features`) in a safetensors file,
-memory-mapped when read, and the collator hands them to the model as `vision_features=` instead of
-`pixel_values=`; the projector and the LLM run exactly as before, so the loss is the same.
+selected vision features (the input of the projector) in a safetensors file, memory-mapped when read, and the
+collator hands them to the model as `vision_features=` instead of `pixel_values=`; the projector and the LLM run
+exactly as before, so the loss is the same.
 
-Keys: a hash of the image *as the model sees it* (the preprocessed `pixel_values`, so a change of image processor
-settings or of the image file gives a new key) inside a folder named by a hash of everything in the model that
-shapes the features (vision config, feature layer(s), select strategy, dtype, and the tower's weights). A cache
-can therefore be shared by runs and never serves features of another tower.
+The model's image-feature API is all the cache uses: `LlavaForCausalLM.get_vision_features(pixel_values)` computes
+the features, `vision_feature_dependencies()` says what else they depend on. Keys: a hash of the image *as the
+model sees it* (the preprocessed `pixel_values`, so a change of image processor settings or of the image file
+gives a new key) inside a folder named by a hash of those dependencies (vision config, feature layer(s), select
+strategy, dtype, and the tower's weights). A cache can therefore be shared by runs and never serves features of
+another tower.
 """
 
 from __future__ import annotations
@@ -31,16 +33,10 @@ FEATURES_KEY = "vision_features"
 
 
 def vision_fingerprint(model) -> str:
-    """A hash of everything that determines the vision features: configuration, dtype and tower weights."""
-    config = model.config
-    description = {
-        "vision_config": config.vision_config.to_dict(),
-        "vision_feature_layer": config.vision_feature_layer,
-        "vision_feature_select_strategy": config.vision_feature_select_strategy,
-        "dtype": str(model.model.vision_tower.dtype),
-    }
-    digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.model.vision_tower.state_dict().items()):
+    """A hash of everything that determines the vision features (`model.vision_feature_dependencies()`)."""
+    settings, weights = model.vision_feature_dependencies()
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -98,9 +94,7 @@ class CachedFeatureCollator:
         keys = [image_key(image) for image in pixel_values]
         missing = [index for index, key in enumerate(keys) if key not in self.cache]
         if missing:
-            base = self.model.model
-            device = next(base.vision_tower.parameters()).device
-            computed = base.get_vision_features(pixel_values[missing].to(device))
+            computed = self.model.get_vision_features(pixel_values[missing])
             for index, features in zip(missing, computed):
                 self.cache.put(keys[index], features)
         return torch.stack([self.cache.get(key) for key in keys])
@@ -132,7 +126,9 @@ class CachedFeatureCollator:
 
 def attach_feature_cache(collator, model, directory: str | os.PathLike) -> CachedFeatureCollator:
     """Wrap `collator` so that a frozen vision tower runs once per image (stage 1)."""
-    if any(parameter.requires_grad for parameter in model.model.vision_tower.parameters()):
+    from .parameters import trainable_parameters_per_part
+
+    if trainable_parameters_per_part(model)["vision_tower"]:
         raise ValueError("The feature cache needs a frozen vision tower (stage 1).")
     return CachedFeatureCollator(collator, model, FeatureCache(directory, vision_fingerprint(model)))
 

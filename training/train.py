@@ -4,6 +4,10 @@ The stage is part of the configuration (`stage: 1` or `stage: 2`); the YAML file
 flags override them (TRL's `TrlParser`). `run(config_dict)` is the same thing in-process, and it can take an
 already loaded model and processor so that a two-stage run does not reload the LLM between stages.
 
+`train()` reads as the recipe: the model to train (`model_for_training`), its collator (`training_collator`), the
+checked data (`prepare_dataset`), TRL's trainer, `save_outputs`. What differs between the stages is decided once,
+in the arguments' `plan` (`training.stages.StagePlan`); the steps read the plan, never `stage`.
+
 Outputs, in `output_dir`:
 - stage 1: the complete model and processor (loadable with `AutoModelForImageTextToText` / `AutoProcessor`,
   `trust_remote_code=True`, so you can chat right away) and `mm_projector.safetensors`, the projector alone with
@@ -127,7 +131,7 @@ def _build_model(args: LlavaTrainArguments, dtype):
         args.language_model,
         projector_type=args.projector_type,
         vision_feature_layer=args.vision_feature_layer,
-        chat_template=args.chat_template if args.stage == 2 else None,
+        chat_template=args.chat_template if args.plan.keep_template else None,
         image_aspect_mode=args.image_aspect_mode,
         dtype=None if dtype == "auto" else dtype,
     )
@@ -197,10 +201,8 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
 
     from .collators import SkippedSample, length_cache, scan_samples, skipped_lines
 
-    if args.data_path is None:
+    if args.data_path is None:  # not a check of the arguments: a config file may leave the data to the command line
         raise ValueError("data_path is required: a LLaVA JSON/JSONL file.")
-    if args.on_bad_data not in ("error", "skip"):
-        raise ValueError(f"on_bad_data must be 'error' or 'skip', got {args.on_bad_data!r}")
     report = check_dataset(args.data_path, args.image_root, decode_images=args.decode_images)
     if not report.ok and args.on_bad_data == "error":
         raise DataCheckError(f"The training data failed the checks (set on_bad_data: skip to leave these samples out):\n{report.format()}")
@@ -268,22 +270,45 @@ def _remove_fused_head(model) -> None:
 def train(
     args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None, callbacks=None
 ) -> TrainOutput:
-    """Run one training stage. `model` and `processor` default to the ones `args` names; `callbacks` are extra
-    `transformers.TrainerCallback`s."""
+    """Run one training stage (`args.plan`). `model` and `processor` default to the ones `args` names; `callbacks`
+    are extra `transformers.TrainerCallback`s."""
+    from .trainer import LlavaSFTTrainer, trainable_parameters_per_part
+
+    model, processor = model_for_training(args, training_args, model, processor)
+    collator = training_collator(args, training_args, model, processor)
+    dataset, scans, skipped = prepare_dataset(args, training_args, collator)
+    if args.plan.feature_cache_dir is not None:
+        logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
+    if skipped:
+        write_skipped(training_args, skipped, f"{len(skipped)} sample(s) left out before training")
+
+    trainer = LlavaSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=_lora_config(args) if args.plan.use_lora else None,
+        projector_learning_rate=args.projector_learning_rate,
+        vision_tower_learning_rate=args.vision_tower_learning_rate,
+        group_by_modality_length=args.group_by_modality_length,
+        length_megabatch_mult=args.length_megabatch_mult,
+        sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
+        callbacks=[LogFinalStep(), *(callbacks or [])],
+    )
+    trainable = trainable_parameters_per_part(trainer.model)  # after PEFT attached its adapters
+    logger.info("Trainable parameters per part: %s", trainable)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return save_outputs(trainer, args, processor, skipped, getattr(collator, "skipped", []), trainable)
+
+
+def model_for_training(args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None):
+    """The model and processor to train, checked against each other, with the stage's parameters trainable."""
     import torch
 
-    from .collators import LlavaDataCollator, resolve_template
     from .cpu_memory import keep_freed_memory
-    from .trainer import LlavaSFTTrainer, configure_trainable_parameters, trainable_parameters_per_part
+    from .parameters import apply_stage_plan
 
-    if args.stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {args.stage!r}")
-    if args.stage == 1 and args.use_peft:
-        raise ValueError("Stage 1 trains the projector only; LoRA (use_peft) is for stage 2.")
-    if args.use_peft and not args.freeze_vision_tower:
-        raise ValueError("With LoRA (use_peft) only the adapters and the projector learn; the vision tower stays frozen.")
-    if args.feature_cache_dir is not None and args.stage != 1:
-        raise ValueError("feature_cache_dir needs a frozen vision tower: it is a stage-1 option.")
     if (model is None) != (processor is None):
         raise ValueError("Pass both model and processor, or neither.")
     if training_args.use_cpu or not torch.cuda.is_available():
@@ -299,101 +324,89 @@ def train(
         )
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    apply_stage_plan(model, args.plan)
+    return model, processor
 
-    template_name = args.chat_template or ("plain" if args.stage == 1 else None)
-    template = resolve_template(template_name, processor)
-    if template is None:  # the processor's own template renders every sample: it must know image blocks
+
+def training_collator(args: LlavaTrainArguments, training_args: LlavaSFTConfig, model, processor):
+    """The stage's collator (`collators.stage_collator`), over the feature cache when the plan has one; the
+    processor takes the training template when the plan says so."""
+    from .collators import stage_collator
+
+    plan = args.plan
+    if plan.chat_template is None:  # the processor's own template renders every sample: it must know image blocks
         from processing.templates import require_image_template
 
         require_image_template(processor, args.model_name_or_path or "the processor")
-    elif args.stage == 2 and isinstance(processor.chat_template, str) and template != processor.chat_template:
+    collator = stage_collator(
+        processor,
+        plan,
+        max_length=training_args.max_length,
+        on_bad_sample=args.on_bad_data,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,
+    )
+    if plan.keep_template and collator.chat_template is not None:
+        _keep_training_template(processor, collator.chat_template, args.chat_template)
+    if plan.feature_cache_dir is not None:
+        from .feature_cache import attach_feature_cache
+
+        collator = attach_feature_cache(collator, model, plan.feature_cache_dir)
+    return collator
+
+
+def _keep_training_template(processor, template: str, chosen: str) -> None:
+    """Give the processor the template it trains with, so that the saved model chats in that format."""
+    if isinstance(processor.chat_template, str) and template != processor.chat_template:
         # Naming a template is allowed (the paper's configs do), but a different one silently changes the prompt
         # format the model was built or trained with; say so.
-        named = args.chat_template if len(args.chat_template) <= 40 else "the given Jinja template"
+        named = chosen if len(chosen) <= 40 else "the given Jinja template"
         logger.warning(
             "chat_template %r is not the model's own chat template (the processor's chat_template.jinja): the model "
             "trains and is saved in the %r format. Leave chat_template unset to keep the model's own.", named, named
         )
-    if args.stage == 2 and template is not None:
-        processor.chat_template = template  # the saved model chats in the format it was trained on
+    processor.chat_template = template
 
-    configure_trainable_parameters(
-        model,
-        args.stage,
-        freeze_vision_tower=args.freeze_vision_tower or args.stage == 1,
-        freeze_language_model=True if args.use_peft else args.freeze_language_model,
-    )
 
-    collator = LlavaDataCollator(
-        processor,
-        max_length=training_args.max_length,
-        chat_template=template,
-        on_bad_sample=args.on_bad_data,
-        pad_to_multiple_of=training_args.pad_to_multiple_of,
-    )
-    if args.feature_cache_dir is not None:
-        from .feature_cache import attach_feature_cache
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+def write_skipped(training_args: LlavaSFTConfig, skipped: list, message: str) -> None:
+    """Write every sample left out so far to OUTPUT_DIR/skipped_samples.json (main process) and warn."""
+    path = Path(training_args.output_dir) / SKIPPED_FILE
+    if training_args.should_save:
+        write_json(path, [vars(sample) for sample in skipped])
+        logger.warning("%s; see %s", message, path)
 
-        collator = attach_feature_cache(collator, model, args.feature_cache_dir)
 
-    dataset, scans, skipped = prepare_dataset(args, training_args, collator)
-    if args.feature_cache_dir is not None:
-        logger.info("Feature cache: %d image(s) encoded or found in %s", collator.prefill(dataset), collator.cache.root)
-    output_dir = Path(training_args.output_dir)
-    if skipped and training_args.should_save:
-        write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
-        logger.warning("%d sample(s) left out before training; see %s", len(skipped), output_dir / SKIPPED_FILE)
-
-    trainer = LlavaSFTTrainer(
-        model=model,
-        args=training_args,
-        data_collator=collator,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=_lora_config(args) if args.use_peft else None,
-        projector_learning_rate=args.projector_learning_rate,
-        vision_tower_learning_rate=args.vision_tower_learning_rate,
-        group_by_modality_length=args.group_by_modality_length,
-        length_megabatch_mult=args.length_megabatch_mult,
-        sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
-        callbacks=[LogFinalStep(), *(callbacks or [])],
-    )
-    trainable = trainable_parameters_per_part(trainer.model)  # after PEFT attached its adapters
-    logger.info("Trainable parameters per part: %s", trainable)
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True
-    trainer.train(resume_from_checkpoint=resume)
-
+def save_outputs(trainer, args: LlavaTrainArguments, processor, skipped: list, skipped_in_training: list, trainable):
+    """Save what the stage produced and return it as a `TrainOutput`: the model and processor (every rank takes
+    part: ZeRO-3/FSDP gather, the main one writes), the projector alone (stage 1), the merged LoRA model, and the
+    samples skipped during training added to the report."""
+    output_dir = Path(trainer.args.output_dir)
     trained = trainer.model
-    is_peft = args.use_peft
-    base_model = trained.get_base_model() if is_peft else trained
+    base_model = trained.get_base_model() if args.plan.use_lora else trained
     _remove_fused_head(base_model)
-    skipped += getattr(collator, "skipped", [])
-    if (collator_skipped := getattr(collator, "skipped", [])) and training_args.should_save:
-        write_json(output_dir / SKIPPED_FILE, [vars(sample) for sample in skipped])
-        logger.warning("%d sample(s) skipped during training", len(collator_skipped))
-
-    projector_path = merged_dir = None
-    model_dir = output_dir
-    trainer.save_model(str(output_dir))  # every rank takes part (ZeRO-3/FSDP gather); the main one writes
-    if args.stage == 1:
-        projector_path = output_dir / PROJECTOR_FILE
+    skipped = skipped + skipped_in_training
+    if skipped_in_training:
+        write_skipped(trainer.args, skipped, f"{len(skipped_in_training)} sample(s) skipped during training")
+    trainer.save_model(str(output_dir))
+    projector_path = output_dir / PROJECTOR_FILE if args.plan.save_projector else None
+    if projector_path is not None:
         if trainer.is_world_process_zero():
             save_projector(output_dir, base_model.config, projector_path)
         trainer.accelerator.wait_for_everyone()
-    final_model = base_model
-    if is_peft and args.merge_lora:
+    final_model, merged_dir = base_model, None
+    if args.plan.use_lora and args.merge_lora:
         final_model = trained.merge_and_unload()
         _remove_fused_head(final_model)
-        merged_dir = model_dir = output_dir / "merged"
+        merged_dir = output_dir / "merged"
         if trainer.is_world_process_zero():
             final_model.save_pretrained(merged_dir)
             processor.save_pretrained(merged_dir)
     log_history = list(trainer.state.log_history)
     return TrainOutput(
         output_dir=output_dir,
-        model_dir=model_dir,
+        model_dir=merged_dir or output_dir,
         projector_path=projector_path,
         merged_dir=merged_dir,
         log_history=log_history,

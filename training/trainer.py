@@ -1,91 +1,59 @@
 """`LlavaSFTTrainer`: TRL's `SFTTrainer` plus what LLaVA training needs and TRL lacks.
 
-- a separate learning rate for the projector (its own optimizer parameter groups);
+- a separate learning rate for the projector (and a trained vision tower): their own optimizer parameter groups;
 - optional length grouping by modality (image and text-only samples in separate batches);
-- a loss over logits at the supervised positions only, used on CPU, where TRL's fused LM head is slower;
-- a sparse gradient for the input-embedding lookup when the embeddings are tied and train on CPU;
-- helpers that decide which parameters learn in each stage.
+- one named choice of the loss computation per device (`choose_loss`);
+- a sparse gradient for the input-embedding lookup when the embeddings are tied and train on CPU.
+
+Which parameters learn in each stage is `training.parameters` (re-exported here).
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import torch
 from torch import nn
 from trl import SFTTrainer
 
-
-PROJECTOR_MARKER = "multi_modal_projector"
-VISION_TOWER_MARKER = "vision_tower"
-_USED_VISION_PARAMETER = re.compile(r"^(?:vision_model\.)?(?:embeddings|pre_layrnorm)\.")
-_VISION_LAYER = re.compile(r"^(?:vision_model\.)?encoder\.layers\.(\d+)\.")
-
-
-def set_trainable(module: nn.Module, trainable: bool) -> None:
-    for parameter in module.parameters():
-        parameter.requires_grad_(trainable)
+from .parameters import (  # noqa: F401 - re-exported: the trainer's helpers have always been importable from here
+    PROJECTOR_MARKER,
+    VISION_TOWER_MARKER,
+    configure_trainable_parameters,
+    freeze_unused_vision_parameters,
+    set_trainable,
+    trainable_parameters_per_part,
+)
 
 
-def freeze_unused_vision_parameters(model) -> list[str]:
-    """Freeze the vision parameters that never run, and return their names.
+TRL_LOSS = "trl"
+SUPERVISED_LOGITS_LOSS = "supervised_logits"
 
-    The model runs the vision tower only up to the deepest selected layer (the paper's -2 skips the last one) and
-    never uses the tower's final norm or pooling head. Those parameters would get no gradient; DDP would then
-    wait for it forever (or need `find_unused_parameters`), so an unfrozen tower keeps them frozen.
+
+def choose_loss(trainer: SFTTrainer, model: nn.Module, requested: bool | None = None) -> str:
+    """Which computation gives the training loss: `TRL_LOSS` or `SUPERVISED_LOGITS_LOSS`; the one place that decides.
+
+    There are three ways to the same loss (the mean negative log-likelihood of the supervised next tokens, image
+    tokens never supervised), and why each exists:
+
+    - TRL's (`TRL_LOSS`): `SFTTrainer` replaces the model's `forward` with a fused LM head that computes the
+      log-probabilities in vocabulary tiles and never materialises the full logits, which is what keeps memory
+      flat on a GPU with a large vocabulary. Its variants (label smoothing, `compute_loss_func`, `loss_type`
+      other than `nll`) are TRL's too, so they always take this path.
+    - The supervised-positions loss (`SUPERVISED_LOGITS_LOSS`, `LlavaSFTTrainer.compute_loss`): on CPU the fused
+      head's Python-level tiling in float32 is slower than computing full logits, and projecting only the
+      positions whose next token is supervised is cheaper than either; the loss is the same, `num_items_in_batch`
+      included (docs/benchmarks.md has the measurements). Chosen when the model is on CPU.
+    - The model's own (`LlavaForCausalLM.forward(labels=...)`): what a plain `transformers.Trainer`, evaluation
+      and user code get; never chosen here, but the tests hold the two above to it.
+
+    `requested` (the trainer's `supervised_logits_loss` argument) overrides the device's choice.
     """
-    used_layers = model.model.vision_layers_used()
-    frozen = []
-    for name, parameter in model.model.vision_tower.named_parameters():
-        layer = _VISION_LAYER.match(name)
-        used = bool(_USED_VISION_PARAMETER.match(name)) or (layer is not None and int(layer.group(1)) < used_layers)
-        if not used and parameter.requires_grad:
-            parameter.requires_grad_(False)
-            frozen.append(name)
-    return frozen
-
-
-def configure_trainable_parameters(
-    model, stage: int, freeze_vision_tower: bool = True, freeze_language_model: bool | None = None
-) -> dict[str, int]:
-    """Set `requires_grad` for a LLaVA stage and return the number of trainable parameters per part.
-
-    Stage 1 trains the projector only. Stage 2 trains the projector and, unless `freeze_language_model`, the LLM
-    (its embeddings and head included); the vision tower only with `freeze_vision_tower=False`.
-    """
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-    if freeze_language_model is None:
-        freeze_language_model = stage == 1
-    if stage == 1 and not (freeze_vision_tower and freeze_language_model):
-        raise ValueError("Stage 1 trains the projector only: it needs a frozen vision tower and a frozen LLM.")
-    set_trainable(model, False)
-    set_trainable(model.model.multi_modal_projector, True)
-    if not freeze_language_model:
-        set_trainable(model.model.language_model, True)
-        set_trainable(model.lm_head, True)
-    if not freeze_vision_tower:
-        set_trainable(model.model.vision_tower, True)
-        freeze_unused_vision_parameters(model)
-    return trainable_parameters_per_part(model)
-
-
-_PARTS = {"vision_tower": ".vision_tower.", "projector": f".{PROJECTOR_MARKER}.",
-          "language_model": ".language_model.", "lm_head": ".lm_head."}
-
-
-def trainable_parameters_per_part(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters of each LLaVA part, found by parameter name, so that the count is also right for a
-    PEFT-wrapped model (LoRA adapters under `language_model`, the projector's `modules_to_save` copy); count on
-    the model the trainer really trains, after PEFT attached its adapters."""
-    counts = dict.fromkeys(_PARTS, 0)
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            part = next((part for part, marker in _PARTS.items() if marker in f".{name}"), None)
-            if part is not None:
-                counts[part] += parameter.numel()
-    return counts
+    if trainer.label_smoother is not None or trainer.compute_loss_func is not None or trainer.args.loss_type != "nll":
+        return TRL_LOSS  # TRL's own variants
+    if requested is not None:
+        return SUPERVISED_LOGITS_LOSS if requested else TRL_LOSS
+    return SUPERVISED_LOGITS_LOSS if next(model.parameters()).device.type == "cpu" else TRL_LOSS
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -100,8 +68,8 @@ class LlavaSFTTrainer(SFTTrainer):
         sample_lengths: token length of each training sample, negative for text-only samples; needed by
             `group_by_modality_length`.
         length_megabatch_mult: global batches sorted by length together (`ModalityLengthGroupedSampler`).
-        supervised_logits_loss: compute the loss from logits at supervised positions only (see `compute_loss`)
-            instead of TRL's fused LM head. Default: on when the model is on CPU.
+        supervised_logits_loss: compute the loss from logits at supervised positions only instead of TRL's fused
+            LM head (True) or not (False). Default: `choose_loss` decides by device.
         sparse_embedding_gradient: give the input-embedding lookup a sparse gradient (its rows only) while
             training, when the input and output embeddings are one tied, trainable weight (see `train`). Default:
             on when the model is on CPU and trains in one process, without `torch_compile`.
@@ -141,27 +109,13 @@ class LlavaSFTTrainer(SFTTrainer):
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             super().__init__(*args, **kwargs)
 
-    def _use_supervised_logits_loss(self, model) -> bool:
-        if self.label_smoother is not None or self.compute_loss_func is not None or self.args.loss_type != "nll":
-            return False  # TRL's own variants
-        if self.supervised_logits_loss is not None:
-            return self.supervised_logits_loss
-        return next(model.parameters()).device.type == "cpu"
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, computed from logits at the supervised positions only when the model runs on CPU.
-
-        TRL's fused LM head accumulates its vocabulary tiles in float32 through Python-level tiling; on CPU that
-        measured 4.0 s per demo stage-2 step (SmolLM2-135M, bf16 autocast, batch 8) against 2.0 s for full
-        logits. Projecting only the positions whose next token is supervised (the union over the batch) gives the
-        same loss — the same token mean, `num_items_in_batch` included — with less work than either.
-        """
-        if not self._use_supervised_logits_loss(model):
+        """The loss `choose_loss` picks: TRL's, or the supervised-positions loss below."""
+        if choose_loss(self, model, self.supervised_logits_loss) == TRL_LOSS:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
         next_tokens = labels[:, 1:]
-        positions = (next_tokens != -100).any(0).nonzero().squeeze(-1)
+        positions = (next_tokens != -100).any(0).nonzero().squeeze(-1)  # supervised somewhere in the batch
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "use_cache")}
         outputs = model(**model_inputs, use_cache=False, logits_to_keep=positions)
         logits = outputs.logits.float()
@@ -172,8 +126,12 @@ class LlavaSFTTrainer(SFTTrainer):
         loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # like TRL: DDP averages gradients over ranks
+        self._log_token_metrics(inputs, logits, targets, supervised)
+        return (loss, outputs) if return_outputs else loss
 
-        # the metrics TRL logs on its own path (entropy, token accuracy, tokens seen)
+    def _log_token_metrics(self, inputs, logits: torch.Tensor, targets: torch.Tensor, supervised: torch.Tensor) -> None:
+        """The metrics TRL logs on its own path (entropy, token accuracy, tokens seen), for the supervised positions."""
+        mode = "train" if self.model.training else "eval"
         with torch.no_grad():
             log_probs = logits[supervised].log_softmax(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1).sum()
@@ -186,7 +144,6 @@ class LlavaSFTTrainer(SFTTrainer):
         if mode == "train" and "attention_mask" in inputs:
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        return (loss, outputs) if return_outputs else loss
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, with the tied embedding's lookup giving a sparse gradient while it runs.
@@ -195,9 +152,9 @@ class LlavaSFTTrainer(SFTTrainer):
         `nn.Embedding` materialises as a zero-filled vocabulary x hidden tensor, and autograd then adds the two
         into a third. With `sparse=True` the lookup's gradient is its rows only, added in place into the head's
         dense gradient, so the optimizer still gets one dense gradient and the same values (up to summation
-        order). On CPU the profiler puts ~0.47 s of a demo stage-2 step (SmolLM2's 49k x 576 vocabulary, float32)
-        in the fill and the add; end to end a step is 0.13-0.15 s (2-3%) faster (docs/benchmarks.md). Only in one
-        process: DDP plans sparse buckets for `sparse=True` modules.
+        order), without the vocabulary-sized fill and add, which are a visible share of a CPU step with a large
+        vocabulary (measured in docs/benchmarks.md, "Tied embeddings on CPU"). Only in one process: DDP plans sparse
+        buckets for `sparse=True` modules.
         """
         embedding = self._embedding_for_sparse_gradient()
         if embedding is None:
