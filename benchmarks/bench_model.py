@@ -142,23 +142,23 @@ class Sizes:
 # --------------------------------------------------------------------------------------------------
 # Models and inputs
 # --------------------------------------------------------------------------------------------------
+def _transformer_sizes(sizes: Sizes, part: str) -> dict[str, int]:
+    """Width, MLP width, depth and heads of the `vision` or `text` transformer, as config keyword arguments."""
+    names = {"hidden_size": "hidden", "intermediate_size": "intermediate", "num_hidden_layers": "layers", "num_attention_heads": "heads"}
+    return {key: getattr(sizes, f"{part}_{name}") for key, name in names.items()}
+
+
 def build_configs(sizes: Sizes) -> tuple[BuiltinLlavaConfig, LlavaConfig]:
     """The same architecture expressed as a built-in Llava config and as ours (mlp2x_gelu, layer -2, no CLS)."""
     vision_config = CLIPVisionConfig(
-        hidden_size=sizes.vision_hidden,
-        intermediate_size=sizes.vision_intermediate,
-        num_hidden_layers=sizes.vision_layers,
-        num_attention_heads=sizes.vision_heads,
+        **_transformer_sizes(sizes, "vision"),
         image_size=sizes.image_size,
         patch_size=sizes.patch_size,
         projection_dim=768,
         hidden_act="quick_gelu",
     )
     text_config = LlamaConfig(
-        hidden_size=sizes.text_hidden,
-        intermediate_size=sizes.text_intermediate,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
+        **_transformer_sizes(sizes, "text"),
         num_key_value_heads=sizes.text_kv_heads,
         vocab_size=sizes.vocab_size + 1,
         max_position_embeddings=8192,

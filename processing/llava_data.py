@@ -317,21 +317,23 @@ def conversation_problems(record: Any) -> list[tuple[str, str]]:
     ]
     if malformed:
         return [*problems, ("bad_turn", f"turn(s) {malformed[:10]}: every turn needs 'from' (human, gpt or system) and a string 'value'")]
+    problems += _turn_problems(turns)
+    if images_ok:
+        placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
+        n_images = len(record_images(record))
+        if placeholders != n_images:
+            problems.append(("image_token_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s)"))
+    return problems
+
+
+def _turn_problems(turns: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """The problems of well-typed turns: invalid text, order, empty values, placeholders outside human turns."""
+    problems = []
     if not all(_is_valid_text(turn["value"]) for turn in turns):
         problems.append(("bad_text", "a turn's text is not valid Unicode (a lone surrogate escape such as \\ud800)"))
-    speakers = [turn["from"] for turn in turns]
-    if speakers[0] == "system":
-        speakers = speakers[1:]
-    if "system" in speakers:
-        problems.append(("turn_order", "a system turn may only come first"))
-    elif not speakers:
-        problems.append(("empty_conversation", "the conversation has no human or gpt turn"))
-    elif speakers[0] != "human":
-        problems.append(("turn_order", f"the conversation starts with {speakers[0]!r}, not 'human'"))
-    elif any(a == b for a, b in zip(speakers, speakers[1:])):
-        problems.append(("turn_order", "human and gpt turns do not alternate"))
-    elif speakers[-1] != "gpt":
-        problems.append(("turn_order", "the conversation ends without a gpt answer"))
+    order = _turn_order_problem([turn["from"] for turn in turns])
+    if order is not None:
+        problems.append(order)
     empty = [index for index, turn in enumerate(turns) if not turn["value"].strip()]
     if empty:
         problems.append(("empty_turn", f"empty turn(s) at position {empty[:10]}"))
@@ -340,12 +342,24 @@ def conversation_problems(record: Any) -> list[tuple[str, str]]:
         problems.append(
             ("image_outside_human_turn", f"{IMAGE_PLACEHOLDER} in a {turns[in_answers[0]]['from']} turn (position {in_answers[:10]}); images belong in human turns")
         )
-    placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
-    if images_ok:
-        n_images = len(record_images(record))
-        if placeholders != n_images:
-            problems.append(("image_token_mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s)"))
     return problems
+
+
+def _turn_order_problem(speakers: list[str]) -> tuple[str, str] | None:
+    """An optional system turn first, then human and gpt alternating, from human to gpt."""
+    if speakers[0] == "system":
+        speakers = speakers[1:]
+    if "system" in speakers:
+        return ("turn_order", "a system turn may only come first")
+    if not speakers:
+        return ("empty_conversation", "the conversation has no human or gpt turn")
+    if speakers[0] != "human":
+        return ("turn_order", f"the conversation starts with {speakers[0]!r}, not 'human'")
+    if any(a == b for a, b in zip(speakers, speakers[1:])):
+        return ("turn_order", "human and gpt turns do not alternate")
+    if speakers[-1] != "gpt":
+        return ("turn_order", "the conversation ends without a gpt answer")
+    return None
 
 
 def _json_type(value: Any) -> str:

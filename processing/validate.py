@@ -27,6 +27,7 @@ import numpy as np
 
 from .files import atomic_output_file, write_json
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_file_exists, load_image
+from .length_bound import LengthBound
 from .llava_data import DataProblem, check_records, llava_to_messages, record_images
 
 
@@ -340,6 +341,7 @@ def check_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     num_proc: int = 1,
     cache_dir: str | os.PathLike | None = None,
+    length_bound: bool = True,
 ) -> DatasetReport:
     """Check every sample of a LLaVA JSON/JSONL file and return a `DatasetReport`.
 
@@ -353,50 +355,67 @@ def check_dataset(
             exist, which is much faster on large sets.
         num_proc: processes that measure lengths (see `measure_batches`).
         cache_dir: keep measured lengths there between runs (`LengthCache`); `None` measures every time.
+        length_bound: leave out of the measurement the samples that `processing.length_bound.LengthBound` proves
+            short enough (the report is the same); `False` measures every sample.
     """
     if max_length is not None and processor is None:
         raise ValueError("The max_length check needs a processor (its tokenizer, template and image_seq_length).")
-    measure = SampleMeasure.from_processor(processor, supervision=False) if max_length is not None else None
-    cache = LengthCache(cache_dir, data_path, measure, "validate") if measure is not None and cache_dir is not None else None
     report = DatasetReport(path=str(data_path))
     image_problem = functools.lru_cache(maxsize=IMAGE_CHECK_MEMORY)(
         lambda image: _image_problem(image_root, image, decode_images, max_pixels)
     )
-
-    def to_measure():
-        for checked in check_records(data_path, image_root):
-            report.problems.extend(checked.problems)
-            if checked.problems and checked.problems[0].kind in UNREADABLE_KINDS:
-                continue
-            report.num_samples += 1
-            if checked.record is None:
-                continue
-            structural = {problem.kind for problem in checked.problems}
-            images = record_images(checked.record) if not structural & {"bad_record", "bad_image_path"} else []
-            report.num_images += len(images)
-            if image_root is not None and not structural & {"unsafe_image_path"}:
-                for image in images:
-                    found = image_problem(image)
-                    if found is not None:
-                        report.problems.append(DataProblem(*found, str(data_path), checked.line, checked.sample_id))
-            if measure is not None and not checked.problems:
-                yield checked, checked.record["conversations"]
-
-    if measure is None:
-        for _ in to_measure():
+    usable = _usable_samples(report, data_path, image_root, image_problem)
+    if max_length is None:
+        for _ in usable:
             pass
     else:
-        on_cached = functools.partial(_check_length, report, max_length=max_length)
-        batches = cached_batches(to_measure(), cache, on_cached, llava_to_messages)
-        for batch, measured in measure_batches(measure, batches, num_proc):
-            for ((checked, key), _), result in zip(batch, measured):
-                if cache is not None:
-                    cache.put(key, result)
-                _check_length(report, checked, result, max_length)
-        if cache is not None:
-            cache.save()
+        measure = SampleMeasure.from_processor(processor, supervision=False)
+        cache = LengthCache(cache_dir, data_path, measure, "validate") if cache_dir is not None else None
+        bound = LengthBound.for_measure(measure) if length_bound else None
+        if bound is not None:
+            usable = (sample for sample in usable if not _within(bound(sample[1]), max_length))
+        _check_lengths(report, usable, measure, max_length, num_proc, cache)
     report.problems.sort(key=lambda problem: problem.line if problem.line is not None else 0)
     return report
+
+
+def _within(bound: int | None, max_length: int) -> bool:
+    return bound is not None and bound <= max_length
+
+
+def _usable_samples(report: DatasetReport, data_path, image_root, image_problem):
+    """Run the structural and image checks of every line into `report`; yield `(checked, conversations)` for
+    each sample without a problem (the ones whose length is worth measuring)."""
+    for checked in check_records(data_path, image_root):
+        report.problems.extend(checked.problems)
+        if checked.problems and checked.problems[0].kind in UNREADABLE_KINDS:
+            continue
+        report.num_samples += 1
+        if checked.record is None:
+            continue
+        structural = {problem.kind for problem in checked.problems}
+        images = record_images(checked.record) if not structural & {"bad_record", "bad_image_path"} else []
+        report.num_images += len(images)
+        if image_root is not None and not structural & {"unsafe_image_path"}:
+            for image in images:
+                found = image_problem(image)
+                if found is not None:
+                    report.problems.append(DataProblem(*found, str(data_path), checked.line, checked.sample_id))
+        if not checked.problems:
+            yield checked, checked.record["conversations"]
+
+
+def _check_lengths(report: DatasetReport, samples, measure: SampleMeasure, max_length: int, num_proc: int, cache) -> None:
+    """Measure `(checked, conversations)` samples (from `cache` where it knows them) into `report`."""
+    on_cached = functools.partial(_check_length, report, max_length=max_length)
+    batches = cached_batches(samples, cache, on_cached, llava_to_messages)
+    for batch, measured in measure_batches(measure, batches, num_proc):
+        for ((checked, key), _), result in zip(batch, measured):
+            if cache is not None:
+                cache.put(key, result)
+            _check_length(report, checked, result, max_length)
+    if cache is not None:
+        cache.save()
 
 
 def _check_length(report: DatasetReport, checked, measured: MeasuredSample, max_length: int) -> None:
