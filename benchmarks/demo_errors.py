@@ -16,8 +16,8 @@ from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from datagen.scenes import WHERE, read_scenes
-from datagen.template_teacher import ANSWER_VOCABULARIES
+from demo.scenes import WHERE, read_scenes
+from demo.teacher import ANSWER_VOCABULARIES
 from evaluation.exact_match import answer_questions, read_questions
 
 

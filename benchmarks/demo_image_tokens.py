@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datagen.scenes import COLORS, POSITIONS, SHAPES, random_scene, read_scenes  # noqa: E402
+from demo.scenes import COLORS, POSITIONS, SHAPES, random_scene, read_scenes  # noqa: E402
 
 
 def rescore(data_root: Path, model_dirs: list[Path]) -> None:
-    from datagen.demo_data import DemoData
-    from llava_cli.demo import evaluate
+    from demo.data import DemoData
+    from demo.main import evaluate
 
     data = DemoData(data_root, data_root / "stage1.json", data_root / "stage2.json", data_root / "eval_questions.jsonl", data_root)
     for model_dir in model_dirs:
@@ -44,7 +44,7 @@ def rescore(data_root: Path, model_dirs: list[Path]) -> None:
 def question_first(model_dir: Path, data_root: Path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from datagen.template_teacher import ANSWER_VOCABULARIES
+    from demo.teacher import ANSWER_VOCABULARIES
     from evaluation.exact_match import accuracy_by_type, answer_questions, read_questions
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
@@ -128,7 +128,7 @@ def edit_projector(model_dir: Path, data_root: Path, norm: float | None, recente
 def ridge(widths: list[int], scenes: int = 3000, image_size: int = 48, patch_size: int = 16) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-    from modeling_llava.default_llm import smollm2_checkpoint
+    from demo.default_llm import smollm2_checkpoint
 
     checkpoint = smollm2_checkpoint()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -8,7 +8,7 @@ other half), at the layer LLaVA reads (`hidden_states[-2]`).
 """
 import sys, random, torch, numpy as np
 from transformers import CLIPVisionModel
-from datagen.scenes import random_scene, COLORS, SHAPES, POSITIONS
+from demo.scenes import random_scene, COLORS, SHAPES, POSITIONS
 torch.set_num_threads(2)
 m = CLIPVisionModel.from_pretrained(sys.argv[1]).eval()
 mean=np.array([0.48145466,0.4578275,0.40821073]); std=np.array([0.26862954,0.26130258,0.27577711])

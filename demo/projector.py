@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from datagen.scenes import POSITIONS
-from llava_cli.demo_tower import patch_labels
+from demo.scenes import POSITIONS
+from demo.tower import patch_labels
 
 
 def word_embedding(word: str, tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """A safetensors folder (model + tokenizer) of SmolLM2-135M-Instruct, converted on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .build import forget_gguf_quantization
+    from modeling_llava.build import forget_gguf_quantization
     from processing.files import atomic_output_dir
 
     target = Path(cache_dir or default_cache_dir()) / "SmolLM2-135M-Instruct"
