@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, WHERE, Scene
+from demo.scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, WHERE, Scene
 
 SHORT_ANSWER_SUFFIX = "Answer with one word."
 QUESTION_TYPES = ("color", "shape", "count")
