@@ -13,11 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from datagen.instructions import (
-    detail_instructions,
-    expand_caption_pairs,
-    place_image_token,
-)
+from datagen.instructions import detail_instructions, expand_caption_pairs, place_image_token
 from datagen.prompting import RESPONSE_TYPES
 from demo.scenes import ROWS, Scene, captions, write_scenes
 from demo.teacher import TemplateTeacher, exact_questions

@@ -153,11 +153,7 @@ def evaluate(model_dir: Path, data, name: str, log: Step, cache: Path) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from demo.teacher import ANSWER_VOCABULARIES
-    from evaluation.exact_match import (
-        accuracy_by_type,
-        answer_questions,
-        read_questions,
-    )
+    from evaluation.exact_match import accuracy_by_type, answer_questions, read_questions
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
@@ -222,13 +218,7 @@ def train_and_evaluate(out: Path, data, language_dir: Path, preset: dict, seed: 
 
 def deliver(out: Path, data, results: dict, final_model: Path, losses: dict, extra: dict, started: float, log: Step) -> None:
     """Steps 6 and 7: metrics, the Hub-ready export and its pipeline round trip, the loss curves and the report."""
-    from demo.report import (
-        accuracy_table,
-        export_and_reload,
-        plot_losses,
-        write_metrics,
-        write_report,
-    )
+    from demo.report import accuracy_table, export_and_reload, plot_losses, write_metrics, write_report
 
     log("6/7 export (Hub-ready folder) and reload through pipeline('image-to-text', trust_remote_code=True)")
     metrics_path = write_metrics(out, results, extra)
