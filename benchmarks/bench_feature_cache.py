@@ -29,10 +29,10 @@ from transformers import TrainerCallback
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from datagen.scenes import captions, write_scenes  # noqa: E402
+from demo.scenes import captions, write_scenes  # noqa: E402
 from modeling_llava.build import add_image_token, assemble_llava, make_processor  # noqa: E402
-from modeling_llava.default_llm import smollm2_checkpoint  # noqa: E402
-from processing.instructions import expand_caption_pairs  # noqa: E402
+from demo.default_llm import smollm2_checkpoint  # noqa: E402
+from datagen.instructions import expand_caption_pairs  # noqa: E402
 from training.train import run  # noqa: E402
 
 # CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336)

@@ -27,12 +27,12 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT)]
 
-from datagen.demo_data import build_demo_data  # noqa: E402
-from datagen.template_teacher import TemplateTeacher  # noqa: E402
-from llava_cli import demo  # noqa: E402
+from datagen.instructions import detail_instructions  # noqa: E402
+from demo import settings as demo_settings  # noqa: E402
+from demo.data import build_demo_data  # noqa: E402
+from demo.default_llm import smollm2_checkpoint  # noqa: E402
+from demo.teacher import TemplateTeacher  # noqa: E402
 from modeling_llava.build import build_llava  # noqa: E402
-from modeling_llava.default_llm import smollm2_checkpoint  # noqa: E402
-from processing.instructions import detail_instructions  # noqa: E402
 from processing.llava_data import load_llava_dataset, to_trl_dataset  # noqa: E402
 from training.arguments import LlavaSFTConfig  # noqa: E402
 from training.collators import stage2_collator  # noqa: E402
@@ -61,14 +61,14 @@ class AlternatingLookup(TrainerCallback):
 def build_model_and_data(root: Path):
     torch.manual_seed(0)
     tower = root / "tower"
-    CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in demo.TOWER.items() if k != "projection_dim"})).save_pretrained(tower)
-    size = demo.IMAGE_SIZE
+    CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in demo_settings.TOWER.items() if k != "projection_dim"})).save_pretrained(tower)
+    size = demo_settings.IMAGE_SIZE
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(tower)
     model, processor = build_llava(tower, smollm2_checkpoint(), projector_type="linear", chat_template="chatml")
     data = build_demo_data(
-        root / "data", 128, 4, image_size=size, stage2_samples_per_scene=1, proportions=demo.STAGE2_PROPORTIONS,
-        rows=demo.SCENE_ROWS, teacher=TemplateTeacher(list(detail_instructions()), conversation_turns=demo.CONVERSATION_TURNS),
-        stage2_single_object_share=demo.STAGE2_SINGLE_OBJECT_SHARE, stage2_image_first=demo.STAGE2_IMAGE_FIRST,
+        root / "data", 128, 4, image_size=size, stage2_samples_per_scene=1, proportions=demo_settings.STAGE2_PROPORTIONS,
+        rows=demo_settings.SCENE_ROWS, teacher=TemplateTeacher(list(detail_instructions()), conversation_turns=demo_settings.CONVERSATION_TURNS),
+        stage2_single_object_share=demo_settings.STAGE2_SINGLE_OBJECT_SHARE, stage2_image_first=demo_settings.STAGE2_IMAGE_FIRST,
     )
     dataset = to_trl_dataset(load_llava_dataset(data.stage2, data.image_root), data.image_root)
     return model, processor, dataset
@@ -80,7 +80,7 @@ def measure(model, processor, dataset, steps: int, warmup: int, out: Path) -> di
     args = LlavaSFTConfig(
         output_dir=str(out), max_steps=warmup + steps, per_device_train_batch_size=8, learning_rate=1e-5,
         optim="adamw_torch_fused", report_to="none", save_strategy="no", logging_steps=1000, disable_tqdm=True,
-        activation_checkpointing=False, dataloader_num_workers=0, seed=0, **demo.mixed_precision_overrides(),
+        activation_checkpointing=False, dataloader_num_workers=0, seed=0, **demo_settings.mixed_precision_overrides(),
     )
     trainer = LlavaSFTTrainer(
         model=model, args=args, data_collator=stage2_collator(processor, max_length=1024), train_dataset=dataset,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model, processor, dataset = build_model_and_data(Path(tmp))
         model.set_attn_implementation("eager")  # demo_stage2.yaml
-        precision = "bf16 autocast" if demo.mixed_precision_overrides().get("bf16") else "float32"
+        precision = "bf16 autocast" if demo_settings.mixed_precision_overrides().get("bf16") else "float32"
         print(f"SmolLM2-135M LLaVA, stage 2, batch 8, {precision}, {torch.get_num_threads()} threads; "
               f"tied embeddings: {model.lm_head.weight is model.get_input_embeddings().weight}")
         times = measure(model, processor, dataset, args.steps, args.warmup, Path(tmp) / "run")

@@ -85,7 +85,7 @@ def build_tiny_llava(root: Path, projector_type: str, image_size: int, patch_siz
 
     from processing.files import atomic_output_dir
     from modeling_llava.build import build_llava
-    from modeling_llava.default_llm import smollm2_checkpoint
+    from demo.default_llm import smollm2_checkpoint
 
     vision_dir = root / "clip-3-layer"
     if not vision_dir.is_dir():

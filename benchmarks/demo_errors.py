@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from datagen.scenes import WHERE, read_scenes
-from datagen.template_teacher import ANSWER_VOCABULARIES
-from evaluation.exact_match import answer_questions, read_questions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.scenes import WHERE, read_scenes  # noqa: E402
+from demo.teacher import ANSWER_VOCABULARIES  # noqa: E402
+from evaluation.exact_match import answer_questions, read_questions  # noqa: E402
 
 
 def asked_position(question: str) -> str:

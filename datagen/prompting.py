@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from processing.instructions import detail_instructions, place_image_token
+from datagen.instructions import detail_instructions, place_image_token
 from processing.jsonio import read_records
 
 RESPONSE_TYPES: tuple[str, ...] = ("conversation", "detail", "complex")
@@ -55,7 +55,7 @@ class ImageContext:
 
 
 def load_contexts(path: str | Path) -> list[ImageContext]:
-    """Read a contexts JSONL file (see `processing.coco`); image ids must be unique."""
+    """Read a contexts JSONL file (see `datagen.coco`); image ids must be unique."""
     contexts = [ImageContext.from_record(record, f"{path}, record {i + 1}") for i, record in enumerate(read_records(path))]
     seen: set[str] = set()
     for context in contexts:

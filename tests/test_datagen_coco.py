@@ -1,11 +1,11 @@
-"""COCO captions + instances -> contexts JSONL (processing/coco.py)."""
+"""COCO captions + instances -> contexts JSONL (datagen/coco.py)."""
 
 import json
 
 import pytest
 from datagen_fixtures import COCO_CAPTIONS, COCO_INSTANCES, run_cli, write_coco
 
-from processing.coco import build_contexts, normalize_bbox
+from datagen.coco import build_contexts, normalize_bbox
 
 
 def test_normalize_bbox_converts_xywh_pixels_to_corners_in_unit_range():

@@ -23,7 +23,7 @@ from datagen_fixtures import (
 from datagen.generate import rejected_path, run_generation
 from datagen.prompting import RESPONSE_TYPES, ImageContext, build_messages, format_context, parse_qa_pairs
 from datagen.teachers import OpenAITeacher
-from processing.instructions import detail_instructions
+from datagen.instructions import detail_instructions
 
 KEY_ENV = "DATAGEN_TEST_KEY"
 

@@ -1,10 +1,10 @@
-"""Tables 8/9 and the naive stage-1 expansion (processing/instructions.py)."""
+"""Tables 8/9 and the naive stage-1 expansion (datagen/instructions.py)."""
 
 import json
 
 from datagen_fixtures import run_cli
 
-from processing.instructions import brief_instructions, detail_instructions, expand_caption_pairs
+from datagen.instructions import brief_instructions, detail_instructions, expand_caption_pairs
 
 
 def test_instruction_tables_have_the_papers_entries():

@@ -15,7 +15,7 @@ from datagen.prompting import (
     parse_reply,
     to_llava_sample,
 )
-from processing.instructions import detail_instructions
+from datagen.instructions import detail_instructions
 
 CONTEXT = ImageContext.from_record(
     {

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datagen.demo_data import build_demo_data, stage2_scene_selection
-from datagen.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
-from datagen.template_teacher import ANSWER_VOCABULARIES, SHORT_ANSWER_SUFFIX, TemplateTeacher, exact_questions, short_answer
+from demo.data import build_demo_data, stage2_scene_selection
+from demo.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
+from demo.teacher import ANSWER_VOCABULARIES, SHORT_ANSWER_SUFFIX, TemplateTeacher, exact_questions, short_answer
 from evaluation.exact_match import Prediction, accuracy_by_type, extract_answer
-from processing.instructions import brief_instructions, detail_instructions
+from datagen.instructions import brief_instructions, detail_instructions
 
 
 def test_scene_pixels_show_each_object_in_its_colour_and_column():

@@ -11,8 +11,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from conftest import tiny_llava_model, tiny_vision_config
-from datagen.scenes import COLORS, POSITIONS, SHAPES, read_scenes, write_scenes
-from llava_cli.demo_projector import fit_word_aligned_projector, patch_word_targets, word_embedding
+from demo.scenes import COLORS, POSITIONS, SHAPES, read_scenes, write_scenes
+from demo.projector import fit_word_aligned_projector, patch_word_targets, word_embedding
 from training_fixtures import tiny_tokenizer
 
 

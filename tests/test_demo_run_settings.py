@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llava_cli.demo import PRESETS, check_run_settings, run_settings
+from demo.settings import PRESETS, check_run_settings, run_settings
 
 
 def test_run_settings_cover_what_the_cached_steps_depend_on():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPVisionModel
 
-from datagen.scenes import COLORS, POSITIONS, SHAPES, write_scenes
-from llava_cli.demo_tower import (
+from demo.scenes import COLORS, POSITIONS, SHAPES, write_scenes
+from demo.tower import (
     CaptionPairCollator,
     CLIPWithPatchLabels,
     TowerPretraining,

@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO_ROOT, TINY_IMAGE_TOKEN_ID, tiny_llava_model
 
-PROJECT_PACKAGES = ("modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "llava_cli")
+PROJECT_PACKAGES = ("modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "demo", "llava_cli")
 AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
 
 

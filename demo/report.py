@@ -7,8 +7,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from demo.teacher import QUESTION_TYPES
+
 CHANCE = {"color": 1 / 6, "shape": 1 / 3, "count": 1 / 3}
-QUESTION_TYPES = ("color", "shape", "count")
 
 
 def accuracy_table(results: dict[str, dict]) -> str:

@@ -1,19 +1,19 @@
 """The demo projector's starting point: image tokens that read like the words naming each patch.
 
-Stage 1 at the paper's learning rate makes the demo's image tokens ~35x longer than word embeddings (norm ~110 vs
-3.2; docs/benchmarks.md, "Eighth round"). The LLM then reads an object's colour and shape but does not learn in
+Stage 1 at the paper's learning rate makes the demo's image tokens many times longer than word embeddings
+(docs/benchmarks.md, "Eighth round"). The LLM then reads an object's colour and shape but does not learn in
 stage 2 to pick *which* image token a question is about: it answers every question about an image from one of its
 objects. Tokens kept at word scale, each the sum of the embeddings of the words that name its patch, are bound
-(the same experiments: shape at a position 75% -> 92%).
+(the same experiments: shape at a position is answered far more often).
 
 So before stage 1 the projector's W and b are fit by ridge regression (closed form: the tower is frozen and W is
 linear, so no optimiser is needed) from the frozen tower's patch features of the training scenes, at the layer
 LLaVA reads, onto those word sums: each patch's column word (left / middle / right) plus, where a COCO box is
 centred in it, the object's colour and category words, the same boxes the tower's patch labels come from
-(`demo_tower.patch_labels`). Stage 1 then trains the projector on the captions as the paper does, at a learning
+(`demo.tower.patch_labels`). Stage 1 then trains the projector on the captions as the paper does, at a learning
 rate that keeps the tokens word-like. Without the column words (`column_words=False`, the demo's choice) the fit is
-closer (R² 0.94 vs 0.59: the tower barely encodes the column) and colour is read better after stage 2 (82% vs 68%;
-the LLM learns the column from the tokens' order instead; docs/benchmarks.md, "Ninth" and "Tenth round").
+closer (the tower barely encodes the column) and colour is read better after stage 2 (the LLM learns the column
+from the tokens' order instead; docs/benchmarks.md, "Ninth" and "Tenth round").
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from datagen.scenes import POSITIONS
-from llava_cli.demo_tower import patch_labels
+from demo.scenes import POSITIONS
+from demo.tower import patch_labels
 
 
 def word_embedding(word: str, tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def fit_word_aligned_projector(
 ) -> dict[str, float]:
     """Set `model`'s linear projector to the ridge-regression map from its tower's patch features of the images in
     `coco_dir` (`instances.json`, `images/`) to `patch_word_targets` (`column_words` passed on). `ridge` is the
-    penalty per sample (the bias is not penalised). Returns the fit's R² and the mean norm of the fitted tokens (word embeddings: ~3)."""
+    penalty per sample (the bias is not penalised). Returns the fit's R² and the mean norm of the fitted tokens (to compare with the word embeddings')."""
     projector = model.model.multi_modal_projector
     if getattr(projector, "depth", None) != 1 or projector.linear_1.bias is None:
         raise ValueError("a word-aligned start is fit for the paper's linear projector with a bias (projector_type='linear')")

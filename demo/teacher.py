@@ -1,9 +1,11 @@
 """A deterministic "teacher" that writes the paper's three response types from scene symbols.
 
-The paper (§3) prompts a text-only LLM with captions and boxes; the offline demo cannot call one, so
-this teacher writes the same three types — conversation, detailed description, complex reasoning —
-from templates over the scene's known objects. It has the same shape as an LLM teacher (symbols in,
-LLaVA-format conversations out), so swapping in `datagen.teachers` changes nothing downstream.
+The paper (§3) prompts a text-only LLM with captions and boxes (`datagen.prompting`, `datagen.teachers`); the
+offline demo cannot call one, so this teacher writes the same three types — conversation, detailed description,
+complex reasoning — from templates over the scene's known objects. It is not a `datagen.teachers.Teacher` (which
+completes a chat prompt into text): it reads a `demo.scenes.Scene` and returns the (question, answer) turns that
+`datagen.prompting.parse_reply` would take from an LLM's reply, so `demo.data` turns them into LLaVA samples itself.
+Its questions have exactly one true answer, which is what lets the demo measure what a model learned.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, WHERE, Scene
+from demo.scenes import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, WHERE, Scene
 
 SHORT_ANSWER_SUFFIX = "Answer with one word."
 QUESTION_TYPES = ("color", "shape", "count")
@@ -64,7 +66,7 @@ class TemplateTeacher:
         if self.conversation_turns is not None:
             questions = questions[: rng.randint(*self.conversation_turns)]
         # Every turn keeps "Answer with one word.", as the held-out questions have it: with it in the first turn only
-        # (~20% fewer tokens) colour fell from 82% to 66% (docs/benchmarks.md, "Ninth round", `e6` vs `g1`).
+        # (fewer tokens) colour was read much worse (docs/benchmarks.md, "Ninth round", `e6` vs `g1`).
         return [(q.question, short_answer(q.answer)) for q in questions]
 
     def detail(self, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
