@@ -35,6 +35,7 @@ EXTRAS = {
         "pytest>=8",
         # Property-based fuzzing of the data path (tests/test_fuzz_data.py).
         "hypothesis>=6.100",
+        "import-linter>=2.1",  # `|` (independent siblings) in layers contracts
         "scikit-image>=0.22",
         "openai>=1.40",
         "tenacity>=8",

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-PROJECT_PACKAGES = {"modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "llava_cli"}
+PROJECT_PACKAGES = {"modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "inference", "demo", "llava_cli"}
 
 
 class _BlockProjectPackages(importlib.abc.MetaPathFinder):

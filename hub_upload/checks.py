@@ -19,7 +19,7 @@ REQUIRED_MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForCausalLM"
 
 #: Packages of this project: remote code that imports them works here and breaks for Hub users.
 PROJECT_PACKAGES = frozenset(
-    {"modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "llava_cli"}
+    {"modeling_llava", "processing", "training", "hub_upload", "datagen", "evaluation", "inference", "demo", "llava_cli"}
 )
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
