@@ -50,7 +50,10 @@ def load_model_and_processor(model_id: str, device: str | None = None, dtype: st
     from modeling_llava.dtypes import torch_dtype
 
     weights_dtype = torch_dtype(dtype)
-    processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+    except OSError as error:  # transformers explains a missing model in a paragraph; its first line says it
+        raise OSError(f"cannot load a model from {model_id!r}: {str(error).strip().splitlines()[0]}") from error
     if not getattr(processor, "chat_template", None):
         raise ChatTemplateError(
             f"{model_id} ships no chat template (chat_template.jinja), so the conversation format it was trained "

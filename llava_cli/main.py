@@ -56,7 +56,7 @@ def _debug_requested() -> bool:
 def _error_line(error: BaseException) -> str:
     """The error's message for the user. Errors the user can fix from their message (bad input, bad config, missing
     files) read as they are; anything else is named by its type, with the way to see where it came from."""
-    message = str(error).strip() or type(error).__name__
+    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the library wrote
     if isinstance(error, (ValueError, OSError, LookupError)):
         return message
     return f"{type(error).__name__}: {message} (run `llava {DEBUG_FLAG} ...` or set {DEBUG_ENV}=1 for the traceback)"
@@ -72,7 +72,7 @@ def run_subcommand(name: str, rest: list[str], debug: bool = False) -> int:
             raise
         print(f"llava {name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - the console's last line of defence; --debug re-raises
+    except Exception as error:
         if debug:
             raise
         print(f"llava {name}: {_error_line(error)}", file=sys.stderr)

@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, LazyImageLoader, image_path_problem, resolve_image_path, shown_path
-
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    LazyImageLoader,
+    image_path_problem,
+    resolve_image_path,
+    shown_path,
+)
 
 IMAGE_PLACEHOLDER = "<image>"
 LLAVA_TO_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -385,14 +391,38 @@ class CheckedRecord:
         return not self.problems
 
 
-def check_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Iterator[CheckedRecord]:
+def special_tokens_in_text(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special tokens that data text must not contain, longest first: the chat markup
+    (`<|im_end|>`, `<|eot_id|>`, `</s>`, ...) that the tokenizer turns into its control ids wherever it appears, so
+    an answer or question holding one would fake a turn boundary. The image placeholder is left out: it belongs in
+    human turns and has its own checks."""
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    special |= {str(token) for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(token, "special", False)}
+    special.discard(IMAGE_PLACEHOLDER)
+    return tuple(sorted((token for token in special if token.strip()), key=lambda token: (-len(token), token)))
+
+
+def _special_token_problems(turns: list[dict[str, str]], special_tokens: tuple[str, ...]) -> list[tuple[str, str]]:
+    for index, turn in enumerate(turns):
+        positions = {token: turn["value"].find(token) for token in special_tokens if token in turn["value"]}
+        if positions:
+            found = min(positions, key=positions.get)  # the first in the text, the longest where several start there
+            return [("special_token_in_text", f"turn {index} ({turn['from']}) contains the tokenizer's special token "
+                     f"{found!r}, which the model would read as chat markup (a fake turn boundary), not as text")]
+    return []
+
+
+def check_records(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, special_tokens: tuple[str, ...] = ()
+) -> Iterator[CheckedRecord]:
     """Read a LLaVA JSON/JSONL file and check each record's structure: THE place where any malformed line or
     record becomes a `DataProblem` (located by file:line, and by sample id where the id can be read) before
     anything else can throw on it.
 
     `llava validate` (`processing.validate.check_dataset`), the strict reader (`load_llava_dataset`) and
     training's `on_bad_data: skip` all read through it, so they agree on what is bad. With `image_root`, every
-    image path is also resolved inside it (escapes, symlink loops); image files are not opened here.
+    image path is also resolved inside it (escapes, symlink loops); image files are not opened here. With
+    `special_tokens` (`special_tokens_in_text(tokenizer)`), a turn whose text holds one of them is a problem too.
     """
     for item in iter_raw_records(path):
         if isinstance(item, DataProblem):
@@ -401,6 +431,8 @@ def check_records(path: str | os.PathLike, image_root: str | os.PathLike | None 
         record = item.value if isinstance(item.value, dict) else None
         sample_id = record_id(record)
         found = conversation_problems(item.value)
+        if special_tokens and not found:
+            found = _special_token_problems(record["conversations"], special_tokens)
         if image_root is not None and not any(kind in ("bad_record", "bad_image_path") for kind, _ in found):
             for image in record_images(record):
                 try:
@@ -583,8 +615,8 @@ __all__ = [
     "LlavaDataError",
     "RawRecord",
     "check_records",
-    "conversation_problems",
     "content_to_text",
+    "conversation_problems",
     "image_first_draw",
     "iter_raw_records",
     "llava_to_messages",
@@ -593,6 +625,7 @@ __all__ = [
     "place_first_turn_image",
     "record_id",
     "record_images",
+    "special_tokens_in_text",
     "text_to_content",
     "to_trl_dataset",
 ]

@@ -28,8 +28,13 @@ import numpy as np
 from .files import atomic_output_file, write_json
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_file_exists, load_image
 from .length_bound import LengthBound
-from .llava_data import DataProblem, check_records, llava_to_messages, record_images
-
+from .llava_data import (
+    DataProblem,
+    check_records,
+    llava_to_messages,
+    record_images,
+    special_tokens_in_text,
+)
 
 # Kinds of problems, in report order, with the words the report uses for them.
 PROBLEM_KINDS = {
@@ -44,6 +49,7 @@ PROBLEM_KINDS = {
     "empty_turn": "empty turns",
     "image_outside_human_turn": "<image> outside a human turn",
     "image_token_mismatch": "<image> count != image count",
+    "special_token_in_text": "chat markup (a special token) inside a turn's text",
     "unsafe_image_path": "image paths outside the image root",
     "missing_image": "missing images",
     "unreadable_image": "unreadable images",
@@ -147,7 +153,7 @@ class SampleMeasure:
         self.masks = supervision and "generation" in chat_template
 
     @classmethod
-    def from_processor(cls, processor, chat_template: str | None = None, supervision: bool = True) -> "SampleMeasure":
+    def from_processor(cls, processor, chat_template: str | None = None, supervision: bool = True) -> SampleMeasure:
         template = chat_template if chat_template is not None else getattr(processor, "chat_template", None)
         return cls(processor.tokenizer, template, processor.image_token_id, processor.image_seq_length, supervision)
 
@@ -349,7 +355,8 @@ def check_dataset(
         data_path: the dataset file.
         image_root: folder the image paths are relative to. `None` skips the image checks (reported as such
             only through `num_images`), for text-only data.
-        processor: a `LlavaProcessor` with a chat template; needed for the `max_length` check.
+        processor: a `LlavaProcessor` with a chat template; needed for the `max_length` check. With it, text
+            holding one of its tokenizer's special tokens (chat markup such as `<|im_end|>`) is reported too.
         max_length: longest allowed sample in tokens, images expanded.
         decode_images: decode each image completely (finds truncated data); `False` only checks that the files
             exist, which is much faster on large sets.
@@ -364,7 +371,8 @@ def check_dataset(
     image_problem = functools.lru_cache(maxsize=IMAGE_CHECK_MEMORY)(
         lambda image: _image_problem(image_root, image, decode_images, max_pixels)
     )
-    usable = _usable_samples(report, data_path, image_root, image_problem)
+    special_tokens = special_tokens_in_text(processor.tokenizer) if processor is not None else ()
+    usable = _usable_samples(report, data_path, image_root, image_problem, special_tokens)
     if max_length is None:
         for _ in usable:
             pass
@@ -383,10 +391,10 @@ def _within(bound: int | None, max_length: int) -> bool:
     return bound is not None and bound <= max_length
 
 
-def _usable_samples(report: DatasetReport, data_path, image_root, image_problem):
+def _usable_samples(report: DatasetReport, data_path, image_root, image_problem, special_tokens=()):
     """Run the structural and image checks of every line into `report`; yield `(checked, conversations)` for
     each sample without a problem (the ones whose length is worth measuring)."""
-    for checked in check_records(data_path, image_root):
+    for checked in check_records(data_path, image_root, special_tokens):
         report.problems.extend(checked.problems)
         if checked.problems and checked.problems[0].kind in UNREADABLE_KINDS:
             continue

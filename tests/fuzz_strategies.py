@@ -17,7 +17,6 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-
 settings.register_profile(
     "ci", derandomize=True, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
@@ -67,8 +66,20 @@ ODD = ["<image>", "<image>\n", "\n<image>", "<|im_end|>", "<s>", "</s>", "\x00",
 valid_char = st.characters(blacklist_categories=("Cs",))
 piece = st.one_of(st.text(valid_char, max_size=12), st.sampled_from(ODD))
 free_text = st.lists(piece, max_size=6).map("".join)
-# Text of a turn that must stay valid: non-blank and free of the <image> placeholder.
-plain_text = free_text.map(lambda text: text.replace("<image>", "<img>")).filter(lambda text: text.strip())
+# The special tokens of the fuzzing processor's tokenizer (`training_fixtures.tiny_processor`; test_fuzz_data.py
+# checks the list): chat markup, which data text must not contain once a tokenizer is known.
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<pad>", "<unk>", "</s>", "<s>")
+
+
+def _without_markup(text: str) -> str:
+    text = text.replace("<image>", "<img>")
+    for token in SPECIAL_TOKENS:  # each replacement removes a "<", so it cannot complete another token
+        text = text.replace(token, token.replace("<", "‹"))
+    return text
+
+
+# Text of a turn that must stay valid: non-blank, free of the <image> placeholder and of chat markup.
+plain_text = free_text.map(_without_markup).filter(lambda text: text.strip())
 
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | free_text,
@@ -153,6 +164,8 @@ def bad_records(draw):
         "image-in-gpt-turn": lambda r: {**r, "image": "ok.png", "conversations": [
             {**t, "value": t["value"].replace("<image>", "")} for t in r["conversations"][:-1]]
             + [{"from": "gpt", "value": "<image>\n" + r["conversations"][-1]["value"]}]},
+        "special-token-in-text": _set(["conversations", last_gpt, "value"],
+                                      turns[last_gpt]["value"] + draw(st.sampled_from(SPECIAL_TOKENS))),
         "extra-placeholder": _set(["conversations", first_human, "value"], "<image>" + turns[first_human]["value"]),
         "not-an-object": lambda r: draw(st.one_of(st.none(), st.integers(), free_text, st.lists(json_value, max_size=3))),
         "cut-line": lambda r: json.dumps(r).encode()[: draw(st.integers(1, max(1, len(json.dumps(r)) - 1)))],

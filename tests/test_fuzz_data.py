@@ -13,18 +13,25 @@ import itertools
 import json
 
 import pytest
+from fuzz_strategies import (
+    bad_records,
+    encode_line,
+    fuzz_settings,
+    good_records,
+    image_files,
+    json_value,
+    junk_lines,
+    make_image_root,
+)
 from hypothesis import given
 from hypothesis import strategies as st
+from training_fixtures import save_tiny_model, tiny_processor
 
-from fuzz_strategies import (
-    bad_records, encode_line, fuzz_settings, good_records, image_files, json_value, junk_lines, make_image_root,
-)
 from processing.images import ImageLoadError, open_image
 from processing.llava_data import LlavaDataError, load_llava_dataset, to_trl_dataset
 from processing.validate import check_dataset
 from training.collators import IGNORE_INDEX, UnusableSampleError, stage2_collator
 from training.train import parse_config, prepare_dataset
-from training_fixtures import save_tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +40,14 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
     make_image_root(base / "images", base / "outside.png")
     return {"base": base, "root": base / "images", "names": itertools.count(), "processor": tiny_processor("chatml")}
+
+
+def test_the_strategies_know_the_fuzzing_tokenizers_special_tokens(world):
+    from fuzz_strategies import SPECIAL_TOKENS
+
+    from processing.llava_data import special_tokens_in_text
+
+    assert set(special_tokens_in_text(world["processor"].tokenizer)) == set(SPECIAL_TOKENS)
 
 
 # A file: a list of lines, each (kind, value): "good" records, "bad" mutated records, "junk".
@@ -79,7 +94,7 @@ def assert_reported_exactly(report, verdicts, path):
 @given(lines=lines_strategy, decode=st.booleans())
 def test_validate_reports_every_bad_line_and_no_good_one(world, lines, decode):
     path, verdicts = write_file(world, lines)
-    report = check_dataset(path, world["root"], decode_images=decode)
+    report = check_dataset(path, world["root"], processor=world["processor"], decode_images=decode)
     assert_reported_exactly(report, verdicts, path)
     # the reader agrees: strict mode refuses exactly when something is bad; leaving the bad lines out keeps the rest
     kept = load_llava_dataset(path, world["root"], exclude_lines=report.failing_lines)
@@ -87,8 +102,10 @@ def test_validate_reports_every_bad_line_and_no_good_one(world, lines, decode):
     assert len(kept) == len(verdicts["good"]) + len(junk_kept)
     if not junk_kept:
         assert kept["id"] == good_ids(lines)
-    # image files are the validator's business (the reader does not open them): anything else bad, the reader refuses
-    if report.failing_lines - {p.line for p in report.problems if p.kind in ("missing_image", "unreadable_image")}:
+    # image files and the tokenizer's markup are the validator's business (the reader opens no image and knows no
+    # tokenizer): anything else bad, the reader refuses
+    beyond_reader = ("missing_image", "unreadable_image", "special_token_in_text")
+    if report.failing_lines - {p.line for p in report.problems if p.kind in beyond_reader}:
         with pytest.raises(LlavaDataError):
             load_llava_dataset(path, world["root"])
 

@@ -12,15 +12,22 @@ import sys
 from dataclasses import dataclass, field, fields
 
 import torch
+import yaml
 from trl import SFTConfig, TrlParser
 
 from modeling_llava.modeling_llava import LORA_TARGET_MODULES as LLM_LORA_TARGETS
 
+from .config_types import check_value_types
 from .stages import StagePlan
 
 
 class ConfigError(ValueError):
     """A training configuration names an unknown option or gives one a value it cannot take."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (transformers' argument checks write several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def check_choices(arguments) -> None:
@@ -46,13 +53,31 @@ class LlavaTrainParser(TrlParser):
             hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
             raise ConfigError(f"{source}: unknown option {key!r}{hint}")
 
+    def check_config(self, config: dict, source: str) -> None:
+        self.check_keys(config, source)
+        check_value_types(self.dataclass_types, config, source, ConfigError)
+
     def parse_args_and_config(self, args=None, *rest, **kwargs):
         args = list(sys.argv[1:] if args is None else args)
-        self._config_source = args[args.index("--config") + 1] if "--config" in args[:-1] else "config file"
-        return super().parse_args_and_config(args, *rest, **kwargs)
+        source = args[args.index("--config") + 1] if "--config" in args[:-1] else "config file"
+        self._config_source = source
+        try:
+            return super().parse_args_and_config(args, *rest, **kwargs)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML: {error.problem or error.context}{where}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+        except (ConfigError, OSError):
+            raise
+        except (ValueError, TypeError, AttributeError, ArithmeticError, ImportError, yaml.YAMLError) as error:
+            # Raised by the dataclasses' own checks (TrainingArguments.__post_init__ and friends) on values that
+            # passed the type check: the config is the only input at this point, so it is a config error.
+            raise ConfigError(f"{source}: {one_line(error)}") from error
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
-        self.check_keys(kwargs, getattr(self, "_config_source", "config file"))
+        self.check_config(kwargs, getattr(self, "_config_source", "config file"))
         return super().set_defaults_with_config(**kwargs)
 
     def error(self, message: str):
@@ -63,7 +88,13 @@ class LlavaTrainParser(TrlParser):
     def parse_dict(self, args: dict, allow_extra_keys: bool = False):
         if not allow_extra_keys:
             self.check_keys(args, "config")
-        return super().parse_dict(args, allow_extra_keys=allow_extra_keys)
+        check_value_types(self.dataclass_types, args, "config", ConfigError)
+        try:
+            return super().parse_dict(args, allow_extra_keys=allow_extra_keys)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, AttributeError, ArithmeticError, ImportError) as error:
+            raise ConfigError(f"config: {one_line(error)}") from error
 
 
 @dataclass

@@ -203,7 +203,7 @@ def prepare_dataset(args: LlavaTrainArguments, training_args: LlavaSFTConfig, co
 
     if args.data_path is None:  # not a check of the arguments: a config file may leave the data to the command line
         raise ValueError("data_path is required: a LLaVA JSON/JSONL file.")
-    report = check_dataset(args.data_path, args.image_root, decode_images=args.decode_images)
+    report = check_dataset(args.data_path, args.image_root, processor=collator.processor, decode_images=args.decode_images)
     if not report.ok and args.on_bad_data == "error":
         raise DataCheckError(f"The training data failed the checks (set on_bad_data: skip to leave these samples out):\n{report.format()}")
     skipped = skipped_lines(report)
