@@ -27,7 +27,7 @@ import numpy as np
 
 from .files import atomic_output_file, write_json
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_file_exists, load_image
-from .length_bound import LengthBound
+from .length_bound import LengthBound, fixed_piece_template
 from .llava_data import (
     DataProblem,
     check_records,
@@ -35,6 +35,7 @@ from .llava_data import (
     record_images,
     special_tokens_in_text,
 )
+from .shape_render import ShapeRenderer
 
 # Kinds of problems, in report order, with the words the report uses for them.
 PROBLEM_KINDS = {
@@ -151,6 +152,11 @@ class SampleMeasure:
         # token (a third of the time): only training's scan asks for it, and only a template with generation
         # markers can answer.
         self.masks = supervision and "generation" in chat_template
+        # Without masks the rendered text is all that is tokenized, and a fixed-piece template's can be assembled
+        # from one Jinja render per conversation shape (`ShapeRenderer`); the text, and so the length, is the same.
+        self.renderer = None
+        if not self.masks and fixed_piece_template(chat_template):
+            self.renderer = ShapeRenderer(tokenizer, chat_template)
 
     @classmethod
     def from_processor(cls, processor, chat_template: str | None = None, supervision: bool = True) -> SampleMeasure:
@@ -175,6 +181,8 @@ class SampleMeasure:
         """Measure a batch of TRL-style message lists (typed content, `{"type": "image"}` blocks)."""
         if not conversations:
             return []
+        if self.renderer is not None:
+            return self._measure_rendered(conversations)
         encoded = self.tokenizer.apply_chat_template(
             conversations,
             chat_template=self.chat_template,
@@ -190,6 +198,21 @@ class SampleMeasure:
             supervised = sum(1 for token, keep in zip(input_ids, masks) if keep and token != self.image_token_id)
             measured.append(MeasuredSample(len(input_ids) + n_images * extra_per_image, supervised))
         return measured
+
+
+    def _measure_rendered(self, conversations: list[list[dict[str, Any]]]) -> list[MeasuredSample]:
+        texts = [self.renderer(messages) for messages in conversations]
+        by_jinja = [position for position, text in enumerate(texts) if text is None]
+        if by_jinja:
+            rendered = self.tokenizer.apply_chat_template(
+                [conversations[position] for position in by_jinja], chat_template=self.chat_template, tokenize=False
+            )
+            for position, text in zip(by_jinja, rendered):
+                texts[position] = text
+        # what apply_chat_template(tokenize=True) does with the text: the template writes the special tokens itself
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        extra_per_image = self.image_seq_length - 1
+        return [MeasuredSample(len(ids) + ids.count(self.image_token_id) * extra_per_image, 0) for ids in encoded]
 
 
 # Samples per batch given to the tokenizer: large enough for the Rust batch call to pay off, small enough that

@@ -59,7 +59,26 @@ def conversations(draw):
 
 
 def exact_length(measure, turns) -> int:
-    return measure([llava_to_messages(turns)])[0].length
+    """The length as transformers measures it: Jinja renders, the tokenizer tokenizes (no `ShapeRenderer`)."""
+    ids = measure.tokenizer.apply_chat_template(llava_to_messages(turns), chat_template=measure.chat_template, tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    return len(ids) + ids.count(measure.image_token_id) * (measure.image_seq_length - 1)
+
+
+@fuzz_settings(ci_examples=150)
+@given(turns=st.one_of(conversations(), good_records().map(lambda record: record["conversations"])),
+       template=st.sampled_from(TEMPLATES))
+def test_shape_rendering_is_jinjas_rendering(measures, turns, template):
+    measure = measures[template]
+    assert measure.renderer is not None, "the project's templates are fixed-piece templates"
+    messages = llava_to_messages(turns)
+    jinja = measure.tokenizer.apply_chat_template(messages, chat_template=measure.chat_template, tokenize=False)
+    rendered = measure.renderer(messages)
+    assert rendered is None or rendered == jinja
+    # `plain` (stage 1) drops the human turn's text: those samples go through Jinja
+    if template != "plain" and all(block.get("text", "x") for message in messages for block in message["content"]):
+        assert rendered is not None, "a conversation without empty texts is rendered without Jinja"
+    assert measure([messages])[0].length == exact_length(measure, turns)
 
 
 @fuzz_settings(ci_examples=150)
