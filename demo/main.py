@@ -11,7 +11,8 @@
 4. the paper's linear projector, started word-aligned on the training scenes' boxes (`demo.projector`), then
    stage 1 (projector only) and stage 2 (projector + LLM), through the project's training entry point and the
    shipped `demo/configs/demo_stage*.yaml`;
-5. exact-match accuracy on held-out scenes before training, after stage 1 and after stage 2;
+5. exact-match accuracy, with its 95% Wilson interval, on held-out scenes before training, after stage 1 and
+   after stage 2 (the last on the whole held-out set, the first two on its first scenes: `demo.settings`);
 6. a Hub-ready export reloaded through `pipeline("image-to-text", trust_remote_code=True)`, and a report
    (`demo.report`).
 
@@ -57,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="Smallest run (a smoke test, ~half the default time).")
     size.add_argument("--full", action="store_true", help="A longer, bigger run (more scenes and epochs).")
     parser.add_argument("--train-scenes", type=int, default=None, help="Override the preset's number of training scenes.")
-    parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes.")
+    parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes, which score the final model (before training and after stage 1: the first few of them, demo.settings).")
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and training (default 0).")
     parser.add_argument("--cache-dir", default=None, help="Cache for the converted SmolLM2 (default ~/.cache/llava-transformers).")
     return parser.parse_args(argv)
@@ -118,7 +119,6 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
         out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
         seed, callbacks=[PhaseProgress("vision tower", log)], precision=mixed_precision_overrides(), quiet=True,
     )
-    log(f"vision tower: pretraining loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     return out, losses
 
 
