@@ -26,14 +26,18 @@ from demo.scenes import COLORS, SHAPES, read_scenes  # noqa: E402
 
 
 def rescore(data_root: Path, model_dirs: list[Path]) -> None:
+    import time
+
     from demo.data import DemoData
     from demo.main import evaluate
+    from demo.progress import Step
 
     data = DemoData(data_root, data_root / "stage1.json", data_root / "stage2.json", data_root / "eval_questions.jsonl", data_root)
+    scenes = len(read_scenes(data_root / "eval"))  # all of them
     for model_dir in model_dirs:
         # cached next to the model, keyed by the data it was scored on
         cache = model_dir / f"rescore_{data_root.parent.name}.json"
-        result = evaluate(model_dir, data, str(model_dir), lambda message: None, cache)
+        result = evaluate(model_dir, data, str(model_dir), scenes, Step(time.time()), cache)
         print(model_dir, {kind: f"{value:.1%}" for kind, value in result["accuracy"].items()}, flush=True)
 
 

@@ -125,3 +125,9 @@ def stage2_scene_selection(scenes: list[Scene], count: int, single_object_share:
     singles = min(max(round(count * single_object_share), count - len(multi)), len(single))
     chosen = {scene.id for scene in single[:singles] + multi[: count - singles]}
     return [scene for scene in scenes if scene.id in chosen]
+
+
+def questions_of_first_scenes(questions: list[dict], scenes: int) -> list[dict]:
+    """The held-out questions about the first `scenes` held-out scenes. The scenes are drawn one after another from
+    one seed, so these are the very questions a held-out set of `scenes` scenes would have."""
+    return [question for question in questions if int(Path(question["image"]).stem.rsplit("-", 1)[1]) < scenes]

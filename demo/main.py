@@ -11,7 +11,8 @@
 4. the paper's linear projector, started word-aligned on the training scenes' boxes (`demo.projector`), then
    stage 1 (projector only) and stage 2 (projector + LLM), through the project's training entry point and the
    shipped `demo/configs/demo_stage*.yaml`;
-5. exact-match accuracy on held-out scenes before training, after stage 1 and after stage 2;
+5. exact-match accuracy, with its 95% Wilson interval, on held-out scenes before training, after stage 1 and
+   after stage 2 (the last on the whole held-out set, the first two on its first scenes: `demo.settings`);
 6. a Hub-ready export reloaded through `pipeline("image-to-text", trust_remote_code=True)`, and a report
    (`demo.report`).
 
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo.progress import ProgressCallback, Step
+from demo.progress import PhaseLine, PhaseProgress, Step, eta
 from demo.settings import (
     CONVERSATION_TURNS,
     IMAGE_SIZE,
@@ -57,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="Smallest run (a smoke test, ~half the default time).")
     size.add_argument("--full", action="store_true", help="A longer, bigger run (more scenes and epochs).")
     parser.add_argument("--train-scenes", type=int, default=None, help="Override the preset's number of training scenes.")
-    parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes.")
+    parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes, which score the final model (before training and after stage 1: the first few of them, demo.settings).")
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and training (default 0).")
     parser.add_argument("--cache-dir", default=None, help="Cache for the converted SmolLM2 (default ~/.cache/llava-transformers).")
     return parser.parse_args(argv)
@@ -70,6 +71,7 @@ def chosen_preset(args: argparse.Namespace) -> tuple[str, dict]:
     for key in ("train_scenes", "eval_scenes"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
+    preset["progress_eval_scenes"] = min(preset["progress_eval_scenes"], preset["eval_scenes"])
     return preset_name, preset
 
 
@@ -115,9 +117,8 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     losses = pretrain_tower(
         out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
-        seed, callbacks=[ProgressCallback("vision tower", log)], precision=mixed_precision_overrides(),
+        seed, callbacks=[PhaseProgress("vision tower", log)], precision=mixed_precision_overrides(), quiet=True,
     )
-    log(f"vision tower: pretraining loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     return out, losses
 
 
@@ -146,31 +147,39 @@ def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: 
     return out
 
 
-def evaluate(model_dir: Path, data, name: str, log: Step, cache: Path) -> dict:
-    """Exact-match accuracy of the model saved in `model_dir` on the held-out questions (cached in `cache`)."""
+def evaluate(model_dir: Path, data, name: str, scenes: int, log: Step, cache: Path) -> dict:
+    """Exact-match accuracy, with its 95% Wilson interval, of the model saved in `model_dir` on the questions about
+    the first `scenes` held-out scenes (cached in `cache`)."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from demo.data import questions_of_first_scenes
     from demo.teacher import ANSWER_VOCABULARIES
-    from evaluation.exact_match import accuracy_by_type, answer_questions, read_questions
+    from evaluation.exact_match import accuracy_by_type, answer_questions, counts_by_type, read_questions
+    from evaluation.intervals import wilson_interval
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    questions = read_questions(data.eval_questions)
-    started = time.time()
+    questions = questions_of_first_scenes(read_questions(data.eval_questions), scenes)
+    started, line = time.time(), PhaseLine(log)
 
     def progress(done: int, total: int) -> None:
-        eta = (time.time() - started) / done * (total - done)
-        log(f"evaluating {name}: {done}/{total} questions (ETA {eta:.0f}s)")
+        line.update(f"evaluating {name}: {done}/{total} questions (ETA {eta(started, done, total):.0f}s)")
 
     predictions = answer_questions(model, processor, questions, data.image_root, ANSWER_VOCABULARIES, progress=progress)
+    counts = counts_by_type(predictions)
     result = {
         "accuracy": accuracy_by_type(predictions),
+        "correct": {kind: correct for kind, (correct, _) in counts.items()},
+        "questions": {kind: total for kind, (_, total) in counts.items()},
+        "interval_95": {kind: list(wilson_interval(*count)) for kind, count in counts.items()},
+        "scenes": scenes,
         "examples": [vars(p) | {"correct": p.correct} for p in predictions[:12]],
     }
     cache.write_text(json.dumps(result, indent=1))
-    log(f"{name}: " + ", ".join(f"{kind} {value:.0%}" for kind, value in result["accuracy"].items()))
+    line.finish(f"{name}: " + ", ".join(f"{kind} {value:.0%}" for kind, value in result["accuracy"].items())
+                + f" ({len(questions)} questions about {scenes} held-out scenes, {time.time() - started:.0f}s)")
     return result
 
 
@@ -193,7 +202,8 @@ def train_stage(stage: int, model_dir: Path, data, out: Path, preset: dict, seed
         seed=seed,
         **mixed_precision_overrides(),
     )
-    result = run(config, callbacks=[ProgressCallback(f"stage {stage}", log)])
+    result = run(config, callbacks=[PhaseProgress(f"stage {stage}", log)], quiet=True)
+    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
     losses_file.write_text(json.dumps(result.losses))
     return Path(result.model_dir), result.losses
 
@@ -204,14 +214,17 @@ def train_and_evaluate(out: Path, data, language_dir: Path, preset: dict, seed: 
     log("3/7 vision tower: a small CLIP, pretrained on the training captions (contrastive) and boxes, then frozen")
     tower_dir, losses0 = build_vision_tower(out / "vision-tower", data, language_dir, seed, log)
     base = build_base_model(out / "base", tower_dir, language_dir, data, log)
-    results = {"before training": evaluate(base, data, "before training", log, out / "eval_before.json")}
+    # Before training and after stage 1 only show where the model starts from: scored on the first scenes of the
+    # held-out set (demo.settings, PRESETS), the final model on all of them.
+    early, final = preset["progress_eval_scenes"], preset["eval_scenes"]
+    results = {"before training": evaluate(base, data, "before training", early, log, out / "eval_before.json")}
 
     log("4/7 stage 1: feature alignment (projector only)")
     stage1, losses1 = train_stage(1, base, data, out / "stage1", preset, seed, log)
-    results["after stage 1"] = evaluate(stage1, data, "after stage 1", log, out / "eval_stage1.json")
+    results["after stage 1"] = evaluate(stage1, data, "after stage 1", early, log, out / "eval_stage1.json")
     log("5/7 stage 2: instruction tuning (projector + LLM)")
     stage2, losses2 = train_stage(2, stage1, data, out / "stage2", preset, seed, log)
-    results["after stage 2"] = evaluate(stage2, data, "after stage 2", log, out / "eval_stage2.json")
+    results["after stage 2"] = evaluate(stage2, data, "after stage 2", final, log, out / "eval_stage2.json")
     losses = {"vision tower (CLIP + patch labels)": losses0, "stage 1 (projector)": losses1, "stage 2 (projector + LLM)": losses2}
     return results, stage2, losses
 
@@ -232,8 +245,8 @@ def deliver(out: Path, data, results: dict, final_model: Path, losses: dict, ext
     write_metrics(out, results, {**extra, "pipeline_check": check})
     report = write_report(out, results, losses_png, check, data.image_root)
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}\nexport: {out / 'export'}\n")
-    print(f"Held-out exact-match accuracy ({len(data.eval_questions.read_text().splitlines())} questions, "
-          f"wall clock {extra['wall_clock_seconds']:.0f}s):")
+    print(f"Held-out exact-match accuracy with its 95% Wilson interval, and the number of questions (wall clock "
+          f"{extra['wall_clock_seconds']:.0f}s):")
     print(accuracy_table(results))
 
 
@@ -245,6 +258,12 @@ def main(argv: list[str]) -> int:
     check_run_settings(out, run_settings(preset_name, preset, args.seed))
     started = time.time()
     log = Step(started)
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    # One line per phase (demo.progress): no loading or dataset-preparation bars between them.
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
     from demo.default_llm import smollm2_checkpoint
 

@@ -10,16 +10,41 @@ from pathlib import Path
 from demo.teacher import QUESTION_TYPES
 
 CHANCE = {"color": 1 / 6, "shape": 1 / 3, "count": 1 / 3}
+#: How the exported card's `model-index` names the data the accuracies are measured on.
+HELD_OUT_DATASET = {"dataset_name": "llava demo: synthetic shapes, held-out scenes", "dataset_type": "llava-demo-synthetic-shapes",
+                    "dataset_split": "held-out"}
+READABLE_TYPES = {"color": "Colour", "shape": "Shape", "count": "Count", "overall": "Overall"}
 
 
 def accuracy_table(results: dict[str, dict]) -> str:
-    """Markdown table: one row per model stage, one column per question type, plus chance."""
+    """Markdown table: one row per model stage, one column per question type (accuracy and its 95% Wilson
+    interval), plus chance and the number of questions each row is scored on."""
+    from evaluation.intervals import format_accuracy
+
     kinds = [*QUESTION_TYPES, "overall"]
-    lines = ["| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    lines.append("| chance | " + " | ".join(f"{CHANCE[k]:.0%}" if k in CHANCE else "-" for k in kinds) + " |")
+    questions = "questions (" + " / ".join(QUESTION_TYPES) + ")"
+    lines = ["| model | " + " | ".join(kinds) + f" | {questions} |", "|---|" + "---|" * (len(kinds) + 1)]
+    lines.append("| chance | " + " | ".join(f"{CHANCE[k]:.0%}" if k in CHANCE else "-" for k in kinds) + " | - |")
     for name, result in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{result['accuracy'].get(k, 0.0):.0%}" for k in kinds) + " |")
+        cells = [format_accuracy(result["correct"][k], result["questions"][k]) if k in result["questions"] else "-" for k in kinds]
+        counts = " / ".join(str(result["questions"].get(k, 0)) for k in QUESTION_TYPES)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {counts} |")
     return "\n".join(lines)
+
+
+def hub_eval_results(results: dict[str, dict]) -> list[dict]:
+    """One `huggingface_hub.EvalResult` (as its keyword arguments) per model stage and question type: the Hub's
+    convention of `type: accuracy` with a readable name, on the held-out scenes (the number of them as the config)."""
+    from hub_upload.card import EVAL_TASK_TYPE
+
+    return [
+        {"task_type": EVAL_TASK_TYPE, "task_name": "Visual question answering (one-word answers)", **HELD_OUT_DATASET,
+         "dataset_config": f"{result['scenes']} scenes, {result['questions'][kind]} questions",
+         "metric_type": "accuracy", "metric_name": f"{READABLE_TYPES.get(kind, kind)} accuracy {name}",
+         "metric_value": round(value, 4)}
+        for name, result in results.items()
+        for kind, value in result["accuracy"].items()
+    ]
 
 
 def plot_losses(losses: dict[str, list[float]], path: Path) -> Path:
@@ -77,7 +102,9 @@ def write_report(out: Path, results: dict[str, dict], losses_png: Path, pipeline
     """`report.md`: accuracy table, loss curves, the pipeline round trip and example answers with images."""
     examples_dir = out / "report_images"
     examples_dir.mkdir(exist_ok=True)
-    lines = ["# LLaVA offline demo report", "", "## Held-out exact-match accuracy", "", accuracy_table(results), ""]
+    lines = ["# LLaVA offline demo report", "", "## Held-out exact-match accuracy", "",
+             ("Accuracy with its 95% Wilson score interval in brackets; the last column is the number of questions "
+              "per type each row is scored on."), "", accuracy_table(results), ""]
     lines += ["## Training loss", "", f"![loss curves]({losses_png.name})", ""]
     lines += [
         "## Reloaded through `pipeline(\"image-to-text\", trust_remote_code=True)`",
@@ -104,7 +131,19 @@ def write_report(out: Path, results: dict[str, dict], losses_png: Path, pipeline
 
 
 def write_metrics(out: Path, results: dict[str, dict], extra: dict) -> Path:
-    metrics = {"accuracy": {name: result["accuracy"] for name, result in results.items()}, "chance": CHANCE, **extra}
+    """`metrics.json`: accuracy, its 95% Wilson interval and the question counts per model stage and type; chance;
+    the run's settings; and `eval_results`, the entries of the exported card's `model-index`
+    (`hub_upload.card.load_eval_results`)."""
+    metrics = {
+        "accuracy": {name: result["accuracy"] for name, result in results.items()},
+        "interval_95": {name: result["interval_95"] for name, result in results.items()},
+        "questions": {name: result["questions"] for name, result in results.items()},
+        "correct": {name: result["correct"] for name, result in results.items()},
+        "held_out_scenes": {name: result["scenes"] for name, result in results.items()},
+        "chance": CHANCE,
+        **extra,
+        "eval_results": hub_eval_results(results),
+    }
     path = out / "metrics.json"
     path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return path

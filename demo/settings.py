@@ -19,10 +19,18 @@ CONFIG_DIR = PACKAGE_DIR / "configs"
 # Stage 1 sees one caption per scene of the first `stage1_fraction` of the training scenes (batch 8), stage 2 one
 # teacher sample per scene of `stage2_fraction` of them (default: 50 + 163 steps; their run time is in
 # docs/benchmarks.md, "Offline demo"). The tower's CLIP pretraining sees every training scene's captions.
+#
+# The held-out set: `eval_scenes` scenes score the final model (after stage 2); the evaluations before training and
+# after stage 1, which only show where the model starts from, score the first `progress_eval_scenes` of them (the
+# same questions for both). A scene yields one count question, one shape question per object (2 on average) and
+# one colour question per object whose shape is unique (11/9 on average), so count has the fewest questions: 250
+# scenes give 250 count, ~300 colour and ~500 shape questions, enough for a 95% Wilson interval of at most ±5
+# points at 80% accuracy (it needs n >= 246) — 40 scenes gave 40 / 44 / 73, ±12 points
+# (docs/benchmarks.md, "A held-out set sized for ±5 points").
 PRESETS = {
-    "quick": dict(train_scenes=96, eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
-    "default": dict(train_scenes=1600, eval_scenes=40, stage1_fraction=0.25, stage1_epochs=1, stage2_fraction=0.8125, stage2_epochs=1),
-    "full": dict(train_scenes=4800, eval_scenes=150, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=1.0, stage2_epochs=1),
+    "quick": dict(train_scenes=96, eval_scenes=10, progress_eval_scenes=10, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=0.75, stage2_epochs=1),
+    "default": dict(train_scenes=1600, eval_scenes=250, progress_eval_scenes=40, stage1_fraction=0.25, stage1_epochs=1, stage2_fraction=0.8125, stage2_epochs=1),
+    "full": dict(train_scenes=4800, eval_scenes=500, progress_eval_scenes=150, stage1_fraction=1.0, stage1_epochs=1, stage2_fraction=1.0, stage2_epochs=1),
 }
 # Mostly short-answer conversations (cheap, dense supervision), with the paper's other two types kept in the mix.
 STAGE2_PROPORTIONS = {"conversation": 0.92, "detail": 0.04, "complex": 0.04}

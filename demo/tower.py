@@ -39,6 +39,7 @@ from transformers import (
 
 from processing.files import atomic_output_dir
 from training.cpu_memory import keep_freed_memory
+from training.train import silence_console
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,12 @@ def pretrain_tower(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     precision: dict | None = None,
+    quiet: bool = False,
 ) -> list[float]:
     """Pretrain a CLIP on `coco_dir`'s image-caption pairs (plus, unless `settings.patch_loss_weight` is 0, its
     boxes: `CLIPWithPatchLabels`) and save its vision tower (with `image_processor`) to `out`. Returns the
-    training losses."""
+    training losses. `quiet`: no console output of the Trainer's own (`training.train.silence_console`), for
+    `callbacks` that report progress."""
     captioned = caption_pairs(coco_dir)
     pairs, vocab_size = encode_pairs(captioned, image_processor, tokenizer, settings.max_caption_tokens, coco_dir / "captions.json")
     if not torch.cuda.is_available():
@@ -260,6 +263,8 @@ def pretrain_tower(
             model=model, args=args, train_dataset=pairs, callbacks=callbacks,
             data_collator=CaptionPairCollator(vocab_size, seed),
         )
+        if quiet:
+            silence_console(trainer)
         trainer.train()
         vision = CLIPVisionModel(model.config.vision_config)
         vision.load_state_dict(model.vision_model.state_dict())

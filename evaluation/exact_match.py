@@ -91,3 +91,14 @@ def accuracy_by_type(predictions: list[Prediction]) -> dict[str, float]:
     scores = {kind: sum(values) / len(values) for kind, values in sorted(buckets.items())}
     scores["overall"] = sum(p.correct for p in predictions) / max(len(predictions), 1)
     return scores
+
+
+def counts_by_type(predictions: list[Prediction]) -> dict[str, tuple[int, int]]:
+    """(correct, questions) per question type plus `overall`: what an accuracy's confidence interval needs
+    (`evaluation.intervals`)."""
+    buckets: dict[str, list[bool]] = defaultdict(list)
+    for prediction in predictions:
+        buckets[prediction.type].append(prediction.correct)
+    counts = {kind: (sum(values), len(values)) for kind, values in sorted(buckets.items())}
+    counts["overall"] = (sum(p.correct for p in predictions), len(predictions))
+    return counts

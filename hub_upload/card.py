@@ -109,13 +109,17 @@ def _flatten_numbers(value: Any, prefix: str = "") -> dict[str, float]:
 def load_eval_results(path: str | os.PathLike, dataset_name: str | None = None) -> list[EvalResult]:
     """Evaluation results from a `metrics.json` (as written by `llava eval ...`).
 
-    The file is a JSON object. Its numbers (at any depth; nested keys are joined with dots) become
-    one `EvalResult` each; when it has a `"metrics"` object, only the numbers inside it count (so
-    counts and settings beside it are not reported as results). The benchmark name is, in order: `dataset_name`, the file's own
-    `"benchmark"`/`"dataset"`/`"task"` string field, or the name of the folder holding the file.
+    The file is a JSON object. When it has an `"eval_results"` list (as `llava demo` writes), each entry holds the
+    keyword arguments of one `huggingface_hub.EvalResult` (`metric_type`, a readable `metric_name`, `metric_value`,
+    `dataset_name`, `dataset_type`, ...) and those are the results, as they are. Otherwise its numbers (at any depth;
+    nested keys are joined with dots) become one `EvalResult` each; when it has a `"metrics"` object, only the numbers
+    inside it count (so counts and settings beside it are not reported as results). The benchmark name is, in order:
+    `dataset_name`, the file's own `"benchmark"`/`"dataset"`/`"task"` string field, or the name of the folder holding
+    the file.
 
     Raises:
-        ValueError: the file is not a JSON object or holds no numbers, naming the file.
+        ValueError: the file is not a JSON object, holds no numbers, or has an `eval_results` entry that is not an
+            `EvalResult`, naming the file.
     """
     path = Path(path)
     try:
@@ -124,6 +128,8 @@ def load_eval_results(path: str | os.PathLike, dataset_name: str | None = None) 
         raise ValueError(f"{path}: not valid JSON ({error}).") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of metrics, found {type(data).__name__}.")
+    if "eval_results" in data:
+        return _listed_eval_results(path, data["eval_results"])
     name = dataset_name
     for key in ("benchmark", "dataset", "task"):
         if name is None and isinstance(data.get(key), str):
@@ -145,9 +151,22 @@ def load_eval_results(path: str | os.PathLike, dataset_name: str | None = None) 
     ]
 
 
+def _listed_eval_results(path: Path, entries: Any) -> list[EvalResult]:
+    """The `eval_results` entries of a metrics file, each checked by `EvalResult` itself."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: `eval_results` must be a non-empty list of EvalResult fields.")
+    results = []
+    for number, entry in enumerate(entries):
+        try:
+            results.append(EvalResult(**entry))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: `eval_results` entry {number} is not an EvalResult ({error}).") from error
+    return results
+
+
 def _results_table(results: list[EvalResult]) -> str:
     rows = ["| benchmark | metric | value |", "| --- | --- | --- |"]
-    rows += [f"| {r.dataset_name} | {r.metric_type} | {r.metric_value:.4g} |" for r in results]
+    rows += [f"| {r.dataset_name} | {r.metric_name or r.metric_type} | {r.metric_value:.4g} |" for r in results]
     return "\n".join(rows)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from demo.data import build_demo_data, stage2_scene_selection
 from demo.scenes import COLORS, POSITIONS, random_scene, read_scenes, write_scenes
 from demo.teacher import ANSWER_VOCABULARIES, SHORT_ANSWER_SUFFIX, TemplateTeacher, exact_questions, short_answer
-from evaluation.exact_match import Prediction, accuracy_by_type, extract_answer
+from evaluation.exact_match import Prediction, accuracy_by_type, counts_by_type, extract_answer
 from datagen.instructions import brief_instructions, detail_instructions
 
 
@@ -171,3 +171,14 @@ def test_answer_extraction_and_accuracy():
     ]
     scores = accuracy_by_type(predictions)
     assert scores == {"color": 0.5, "count": 1.0, "overall": 2 / 3}
+    assert counts_by_type(predictions) == {"color": (1, 2), "count": (1, 1), "overall": (2, 3)}
+
+
+def test_the_first_held_out_scenes_ask_what_a_smaller_held_out_set_asks(tmp_path):
+    from demo.data import questions_of_first_scenes
+    from evaluation.exact_match import read_questions
+
+    larger = read_questions(build_demo_data(tmp_path / "a", 4, 7, seed=3, image_size=48).eval_questions)
+    smaller = read_questions(build_demo_data(tmp_path / "b", 4, 3, seed=3, image_size=48).eval_questions)
+    assert questions_of_first_scenes(larger, 3) == smaller
+    assert questions_of_first_scenes(larger, 7) == larger and len(larger) > len(smaller)

@@ -20,7 +20,7 @@ from conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 CHANCE = {"color": 1 / 6, "shape": 1 / 3, "count": 1 / 3}
-MARGIN = 0.10  # >= 2 binomial standard deviations at chance for the default preset's ~60-80 questions per type
+MARGIN = 0.10  # >= 2 binomial standard deviations at chance for the 40-73 questions per type scored before training
 
 
 def test_demo_learns_to_see_and_delivers(tmp_path, smollm2_gguf):
@@ -33,7 +33,16 @@ def test_demo_learns_to_see_and_delivers(tmp_path, smollm2_gguf):
     assert [line.split("|")[1].strip() for line in last_lines[2:]] == [
         "chance", "before training", "after stage 1", "after stage 2"
     ]
+    # the console: one line per phase, none of the Trainer's per-step dictionaries
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("{")], result.stdout[-3000:]
+    for phase in ("vision tower", "stage 1", "stage 2"):
+        assert len([line for line in lines if f"] {phase}: " in line and " steps" in line]) == 1, phase
+    for evaluation in ("before training", "after stage 1", "after stage 2"):
+        assert len([line for line in lines if f"] {evaluation}: " in line]) == 1, evaluation
     metrics = json.loads((out / "metrics.json").read_text())
+    # enough held-out questions for a 95% interval of at most ±5 points at 80% accuracy (demo.settings)
+    assert min(metrics["questions"]["after stage 2"][kind] for kind in CHANCE) >= 246, metrics["questions"]
     accuracy = metrics["accuracy"]
     for stage in ("before training", "after stage 1", "after stage 2"):
         assert set(accuracy[stage]) >= {"color", "shape", "count", "overall"}

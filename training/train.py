@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from modeling_llava.dtypes import torch_dtype
 from processing.files import atomic_output_file, write_json
@@ -247,6 +248,13 @@ class LogFinalStep(TrainerCallback):
         return control
 
 
+def silence_console(trainer) -> None:
+    """Take the Trainer's console reporters off (transformers adds one: `PrinterCallback` with `disable_tqdm`, else
+    `ProgressCallback`); logging to `log_history` and to the `report_to` integrations is untouched."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def _lora_config(args: LlavaTrainArguments):
     from peft import LoraConfig
 
@@ -268,10 +276,12 @@ def _remove_fused_head(model) -> None:
 
 
 def train(
-    args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None, callbacks=None
+    args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None, callbacks=None, quiet=False
 ) -> TrainOutput:
     """Run one training stage (`args.plan`). `model` and `processor` default to the ones `args` names; `callbacks`
-    are extra `transformers.TrainerCallback`s."""
+    are extra `transformers.TrainerCallback`s. `quiet` removes the Trainer's own console output (its progress bar, or
+    with `disable_tqdm` the printed log dictionaries), for callers whose `callbacks` report progress themselves; the
+    logs still reach `log_history` and `report_to`."""
     from .trainer import LlavaSFTTrainer, trainable_parameters_per_part
 
     model, processor = model_for_training(args, training_args, model, processor)
@@ -296,6 +306,8 @@ def train(
         sample_lengths=[scan.length if scan.num_images else -scan.length for scan in scans],
         callbacks=[LogFinalStep(), *(callbacks or [])],
     )
+    if quiet:
+        silence_console(trainer)
     trainable = trainable_parameters_per_part(trainer.model)  # after PEFT attached its adapters
     logger.info("Trainable parameters per part: %s", trainable)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -418,7 +430,7 @@ def save_outputs(trainer, args: LlavaTrainArguments, processor, skipped: list, s
     )
 
 
-def run(config: dict[str, Any], model=None, processor=None, callbacks=None) -> TrainOutput:
+def run(config: dict[str, Any], model=None, processor=None, callbacks=None, quiet=False) -> TrainOutput:
     """Train in-process from a config dict (the same keys as the YAML files and `llava train` flags).
 
     Example:
@@ -428,7 +440,7 @@ def run(config: dict[str, Any], model=None, processor=None, callbacks=None) -> T
         ...             "output_dir": "runs/stage2"}, model=out1.model, processor=out1.processor)
     """
     script_args, training_args = parse_config(dict(config))
-    return train(script_args, training_args, model=model, processor=processor, callbacks=callbacks)
+    return train(script_args, training_args, model=model, processor=processor, callbacks=callbacks, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
