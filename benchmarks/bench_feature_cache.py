@@ -6,6 +6,13 @@ entry point `training.train.run` on synthetic 336 px scenes: once without the ca
 fills the cache first (that is the first epoch's tower work, timed on its own); every epoch after reads features.
 
     python benchmarks/bench_feature_cache.py [--images 16] [--batch 4] [--epochs 2] [--threads 2] [--bf16]
+    python benchmarks/bench_feature_cache.py --frozen-tower-step [--batch 2] [--rounds 3] [--profile]
+
+`--frozen-tower-step` instead times, interleaved in one process, one uncached stage-1 step (forward + backward,
+tower frozen, activation checkpointing as the trainer's default) against its two parts run apart: the tower's
+forward under `no_grad` and the projector/LLM step on those features (`vision_features=`, the cached path). The
+goal: step / (no-grad tower + projector/LLM step) <= 1.1. `--profile` prints torch.profiler's top ops of one
+uncached step.
 
 The bound: with the cache a step skips the tower's forward pass, so the best possible speed-up is
 (tower + projector + LLM FLOPs) / (projector + LLM FLOPs), counted for the step as trained (the frozen LLM does
@@ -94,6 +101,83 @@ def build(dtype: torch.dtype):
     return model, make_processor(model.config, image_processor, tokenizer)
 
 
+def stage1_batch(processor, work: Path, size: int) -> dict[str, torch.Tensor]:
+    """One stage-1 batch of `size` synthetic 336 px scenes and their captions, as the trainer's collator makes it."""
+    from processing.llava_data import load_llava_dataset, to_trl_dataset
+    from training.collators import stage1_collator
+
+    rng = random.Random(0)
+    scenes = write_scenes(work / "scenes", size, seed=0, image_size=336)
+    pairs = [{"id": s.id, "image": f"images/{s.id}.png", "caption": captions(s, rng, 1)[0]} for s in scenes]
+    (work / "stage1.json").write_text(json.dumps(expand_caption_pairs(pairs, seed=0)))
+    dataset = to_trl_dataset(load_llava_dataset(work / "stage1.json", work / "scenes"), work / "scenes")
+    return stage1_collator(processor, max_length=1024)([dataset[index] for index in range(size)])
+
+
+def frozen_tower_step(args) -> int:
+    """Uncached stage-1 step against no-grad tower forward + projector/LLM step, interleaved (see the docstring)."""
+    from training.parameters import configure_trainable_parameters
+
+    model, processor = build(torch.float32)
+    model.train()
+    configure_trainable_parameters(model, stage=1)
+    if args.checkpointing:
+        model.activation_checkpointing_enable()  # what the trainer does by default (`activation_checkpointing`)
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = stage1_batch(processor, Path(tmp), args.batch)
+    pixel_values = batch.pop("pixel_values")
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=args.bf16)
+
+    def uncached_step():
+        with autocast:
+            model(**batch, pixel_values=pixel_values).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def tower_forward():
+        with torch.no_grad(), autocast:
+            return model.get_vision_features(pixel_values)
+
+    def cached_step(features):
+        with autocast:
+            model(**batch, vision_features=features).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def timed(function, *function_args):
+        started = time.perf_counter()
+        result = function(*function_args)
+        return time.perf_counter() - started, result
+
+    times = {"step": [], "tower": [], "rest": []}
+    for round_index in range(args.rounds + 1):  # round 0 warms up and is not counted
+        step_time, _ = timed(uncached_step)
+        tower_time, features = timed(tower_forward)
+        rest_time, _ = timed(cached_step, features)
+        if round_index:
+            for name, value in zip(times, (step_time, tower_time, rest_time)):
+                times[name].append(value)
+
+    images, tokens = pixel_values.shape[0], int(batch["attention_mask"].sum())
+    print(f"torch {torch.__version__}, {args.threads} threads, {'bf16 autocast' if args.bf16 else 'float32'}; "
+          f"stage 1, batch {images} ({tokens} tokens), "
+          f"activation checkpointing {'on' if args.checkpointing else 'off'}, "
+          f"{args.rounds} interleaved rounds after one warm-up")
+    for name, label in (("step", "uncached step"), ("tower", "tower forward, no_grad"), ("rest", "projector/LLM step")):
+        print(f"{label:24s} {', '.join(f'{t:.2f}' for t in times[name])} s")
+    best = {name: min(values) for name, values in times.items()}
+    print(f"tower per image: {(best['step'] - best['rest']) / images:.2f} s inside the step (step - projector/LLM "
+          f"step), {best['tower'] / images:.2f} s under no_grad (best rounds)")
+    ratio = best["step"] / (best["tower"] + best["rest"])
+    print(f"step / (no-grad tower + projector/LLM step) = {ratio:.2f} (goal <= 1.1)")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            uncached_step()
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16)
@@ -101,8 +185,16 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with native bf16, or GPU)")
+    parser.add_argument("--frozen-tower-step", action="store_true",
+                        help="time an uncached stage-1 step against no-grad tower forward + projector/LLM step")
+    parser.add_argument("--rounds", type=int, default=3, help="with --frozen-tower-step: timed rounds")
+    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                        help="with --frozen-tower-step: without activation checkpointing")
+    parser.add_argument("--profile", action="store_true", help="with --frozen-tower-step: profile one step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.frozen_tower_step:
+        return frozen_tower_step(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -5,6 +5,7 @@
 
 # No `from __future__ import annotations`: transformers reads the `Unpack[TransformersKwargs]` annotation of
 # `forward` at run time (e.g. to know that the model can return attentions).
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -254,6 +255,24 @@ class LlavaModel(LlavaPreTrainedModel):
         included), so it does not depend on what else was asked for.
         """
         self._check_pixel_values(pixel_values)
+        # Nothing can receive a gradient through a frozen tower, so record no graph for it; the projector after it
+        # still trains. Without this, activation checkpointing's `enable_input_require_grads` (which hooks every
+        # sub-model's input embeddings, the tower's patch embedding included) makes the frozen tower's activations
+        # require grad: each layer is then recomputed and back-propagated in the backward pass for nothing.
+        with contextlib.nullcontext() if self._vision_tower_needs_graph(pixel_values) else torch.no_grad():
+            return self._run_vision_tower_layers(pixel_values, output_hidden_states, output_attentions)
+
+    def _vision_tower_needs_graph(self, pixel_values: torch.Tensor) -> bool:
+        """Whether the tower's forward must be recorded for autograd: some of its parameters train (a trained
+        tower, LoRA adapters in it) or the caller wants gradients with respect to the pixels."""
+        if not torch.is_grad_enabled():
+            return False
+        tower_trains = any(parameter.requires_grad for parameter in self.vision_tower.parameters())
+        return tower_trains or pixel_values.requires_grad
+
+    def _run_vision_tower_layers(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
         tower = self.vision_tower
         pixel_values = pixel_values.to(dtype=tower.dtype)
         wanted = self.config.vision_feature_layers
