@@ -7,6 +7,8 @@ The references are not the packing code: the padded batch (itself held to transf
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import yaml
@@ -72,7 +74,7 @@ def spans(batch, encoded: list[dict]) -> list[tuple[int, int, int]]:
     pad_id = tiny_processor().tokenizer.pad_token_id
     for row, positions in enumerate(batch["position_ids"].tolist()):
         starts = [column for column, position in enumerate(positions) if position == 0] + [len(positions)]
-        for start, end in zip(starts, starts[1:]):
+        for start, end in itertools.pairwise(starts):
             tokens = batch["input_ids"][row, start:end].tolist()
             matches = [index for index, sample in enumerate(encoded) if sample["input_ids"] == tokens]
             if matches:
