@@ -158,6 +158,49 @@ def test_each_packed_sample_sees_only_itself(workdir, attention):
             assert difference.abs().max() < 1e-6, index
 
 
+def reference_flash_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """What flash attention computes, in plain torch: with the position ids of a one-row batch of several samples,
+    attention within each sample (the varlen path, transformers' own detection and `cu_seqlens`); otherwise causal
+    attention over whole rows, whatever the position ids say."""
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    position_ids = kwargs.get("position_ids")
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    attend = torch.nn.functional.scaled_dot_product_attention
+    if _is_packed_sequence(position_ids, query.shape[0]):
+        (cu_seqlens, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+        bounds = cu_seqlens.tolist()
+        output = torch.cat(
+            [attend(query[..., a:b, :], key[..., a:b, :], value[..., a:b, :], is_causal=True, scale=scaling)
+             for a, b in itertools.pairwise(bounds)],
+            dim=2,
+        )
+    else:
+        output = attend(query, key, value, is_causal=True, scale=scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def test_packed_rows_are_laid_end_to_end_for_flash_attention(workdir, monkeypatch):
+    """Flash attention sees packed samples only in a one-row batch: the model lays a packed batch's rows end to
+    end for it (checked with a stand-in for flash_attention_2 that computes what it does; none runs on CPU)."""
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "flash_attention_2", reference_flash_attention)
+    padded_collator, packed_collator = collators(2)
+    batch_examples = examples(workdir, "mixed")
+    packed = packed_collator(batch_examples)
+    assert packed["input_ids"].shape[0] > 1
+    model = tiny_llava_model()
+    padded_loss, padded_gradients = loss_and_gradients(model, padded_collator(batch_examples))
+    # set directly: `set_attn_implementation` would look for the flash-attn package
+    model.model.language_model.config._attn_implementation = "flash_attention_2"
+    packed_loss, packed_gradients = loss_and_gradients(model, packed)
+    assert abs(packed_loss - padded_loss) < 1e-5
+    for name, gradient in padded_gradients.items():
+        assert (packed_gradients[name] - gradient).abs().max() < 1e-5, name
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Layout
 # ----------------------------------------------------------------------------------------------------------------
