@@ -413,7 +413,8 @@ class LlavaModel(LlavaPreTrainedModel):
                 # Flash attention finds the samples (cu_seqlens) from the position ids of a one-row batch only: lay
                 # the rows end to end; each row's padding is a block of its own, so nothing else changes.
                 rows = inputs_embeds.shape[:2]
-                inputs_embeds, position_ids = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1]), position_ids.reshape(1, -1)
+                inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])
+                position_ids = position_ids.reshape(1, -1)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -424,11 +425,14 @@ class LlavaModel(LlavaPreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
-        unflatten = (lambda states: states.reshape(*rows, states.shape[-1])) if rows is not None else (lambda states: states)
+        if rows is not None:  # back to the packed batch's rows
+            outputs.last_hidden_state = outputs.last_hidden_state.reshape(*rows, -1)
+            if outputs.hidden_states is not None:
+                outputs.hidden_states = tuple(states.reshape(*rows, -1) for states in outputs.hidden_states)
         return LlavaModelOutputWithPast(
-            last_hidden_state=unflatten(outputs.last_hidden_state),
+            last_hidden_state=outputs.last_hidden_state,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
-            hidden_states=outputs.hidden_states if outputs.hidden_states is None else tuple(map(unflatten, outputs.hidden_states)),
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
         )
