@@ -150,6 +150,13 @@ def _every_rank_must_run_every_module() -> bool:
     return distributed or is_deepspeed_zero3_enabled()
 
 
+def _is_packed(position_ids: torch.Tensor | None) -> bool:
+    """Whether `position_ids` restart inside a row: several samples packed in it (`training.packing`)."""
+    if position_ids is None or position_ids.shape[-1] < 2:
+        return False
+    return bool((position_ids[..., 1:] - position_ids[..., :-1] != 1).any())
+
+
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
@@ -416,6 +423,18 @@ class LlavaModel(LlavaPreTrainedModel):
         elif self.training:
             inputs_embeds = self._text_only_training_embeddings(input_ids, inputs_embeds)
 
+        rows = None
+        if attention_mask is None and cache is None and _is_packed(position_ids):
+            # A packed batch (training.packing): transformers confines attention to each sample only when no cache is
+            # built, and a cache of several samples would mean nothing anyway.
+            use_cache = False
+            if "flash" in str(self.language_model.config._attn_implementation) and inputs_embeds.shape[0] > 1:
+                # Flash attention finds the samples (cu_seqlens) from the position ids of a one-row batch only: lay
+                # the rows end to end; each row's padding is a block of its own, so nothing else changes.
+                rows = inputs_embeds.shape[:2]
+                inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])
+                position_ids = position_ids.reshape(1, -1)
+
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -425,6 +444,10 @@ class LlavaModel(LlavaPreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
+        if rows is not None:  # back to the packed batch's rows
+            outputs.last_hidden_state = outputs.last_hidden_state.reshape(*rows, -1)
+            if outputs.hidden_states is not None:
+                outputs.hidden_states = tuple(states.reshape(*rows, -1) for states in outputs.hidden_states)
         return LlavaModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},

@@ -21,7 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(tmp_path, name: str, num_processes: int, per_device_batch: int) -> list[float]:
+def launch(tmp_path, name: str, num_processes: int, per_device_batch: int, *options: str) -> list[float]:
     output_dir = tmp_path / name
     arguments = [
         "-m", "llava_cli", "train",
@@ -32,7 +32,7 @@ def launch(tmp_path, name: str, num_processes: int, per_device_batch: int) -> li
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", str(per_device_batch),
         "--max_steps", "4", "--group_by_modality_length", "true",
-        "--save_strategy", "steps", "--save_steps", "4",
+        "--save_strategy", "steps", "--save_steps", "4", *options,
     ]
     if num_processes == 1:
         command = [sys.executable, *arguments]
@@ -56,5 +56,17 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     save_tiny_model(tmp_path / "base")
     single = launch(tmp_path, "single", num_processes=1, per_device_batch=4)
     ddp = launch(tmp_path, "ddp", num_processes=2, per_device_batch=2)
+    assert len(single) == len(ddp) == 4
+    assert ddp == pytest.approx(single, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_with_packing_matches_one_padded_process(tmp_path):
+    """Each rank packs its own batch; the loss (a token mean over the global batch) is the padded one."""
+    paths = write_images(tmp_path / "images")
+    write_dataset(tmp_path / "chats.json", chat_records(paths, repeats=4))
+    save_tiny_model(tmp_path / "base")
+    single = launch(tmp_path, "single", num_processes=1, per_device_batch=4)
+    ddp = launch(tmp_path, "ddp-packed", 2, 2, "--packing", "true", "--packing_max_tokens", "256")
     assert len(single) == len(ddp) == 4
     assert ddp == pytest.approx(single, rel=1e-3, abs=1e-4)

@@ -300,6 +300,21 @@ class LlavaSFTConfig(SFTConfig):
         "(see --on_bad_data), never truncated."},
     )
 
+    # TRL's own `packing` refuses vision datasets (and `padding_free` with it); here the option means the collator's
+    # packing, and `LlavaSFTTrainer` keeps it from TRL.
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Pack each batch's samples end to end into rows of at most --packing_max_tokens tokens "
+                  "(first-fit decreasing, no sample split, position ids restarting at every sample, attention "
+                  "confined to each sample) instead of padding every sample to the batch's longest: the same loss "
+                  "with less padding. Done by LLaVA's collator, for both stages; TRL's packing_strategy is not used."},
+    )
+    packing_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "With --packing: the most tokens of one packed row, image tokens included (default: "
+                  "--max_length). A sample longer than this gets a row of its own."},
+    )
+
     # TRL's default turns the deprecated `gradient_checkpointing` alias on, which makes transformers warn on every
     # run; the same default (on) under the current name.
     gradient_checkpointing: bool | None = field(
@@ -320,6 +335,27 @@ class LlavaSFTConfig(SFTConfig):
             self.bf16 = (not self.fp16) and _accelerator_has_bf16()
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("fp16 mixed precision needs a CUDA GPU; none is available here. Remove --fp16.")
+        self._check_packing()
         if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("true", "last"):
             self.resume_from_checkpoint = True  # `Trainer.train`'s spelling of "the last checkpoint in output_dir"
         super().__post_init__()
+
+    def _check_packing(self) -> None:
+        if not self.packing:
+            if self.packing_max_tokens is not None:
+                raise ConfigError("packing_max_tokens only applies with packing: true.")
+            return
+        if self.packing_strategy != "bfd":
+            raise ConfigError(
+                f"packing_strategy: {self.packing_strategy!r} splits samples; LLaVA's packing never does (it packs each "
+                "batch's whole samples, first-fit decreasing): leave packing_strategy unset."
+            )
+        if self.padding_free:
+            raise ConfigError("padding_free is TRL's (text-only); packing: true is already padding-free, drop it.")
+        if self.packing_max_tokens is None:
+            self.packing_max_tokens = self.max_length
+        if self.packing_max_tokens is None or self.packing_max_tokens < 1:
+            raise ConfigError(
+                f"packing needs a token budget per row: set packing_max_tokens (or max_length) to a positive number, "
+                f"got {self.packing_max_tokens}."
+            )

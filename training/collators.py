@@ -10,7 +10,8 @@ processor, and supervise only the marked tokens:
   answer and its stop string only.
 
 `stage_collator(processor, plan)` builds the collator of a stage (`training.stages.StagePlan`); `stage1_collator`
-and `stage2_collator` are its two stages spelled out.
+and `stage2_collator` are its two stages spelled out. With `packing_max_tokens` a collator packs each batch's
+samples end to end into rows of at most that many tokens instead of padding them (`training.packing`).
 
 With a custom collator TRL applies neither padding nor `max_length`, so the collator owns both. It never
 truncates: cutting a sample would cut image tokens (and the model would then refuse the batch) or the answer
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
+from .packing import pack_samples
 from .stages import StagePlan
 
 
@@ -115,9 +117,13 @@ class LlavaDataCollator:
         on_bad_sample: `"error"` raises `UnusableSampleError` naming the sample; `"skip"` drops it from the
             batch and appends a `SkippedSample` to `skipped`.
         pad_to_multiple_of: pad the batch length up to a multiple of this (tensor-core friendly shapes).
+        packing_max_tokens: pack the batch's samples end to end into rows of at most this many tokens (a sample
+            longer than that gets a row of its own, never split) instead of one padded row per sample; `None`
+            pads. See `training.packing`.
 
     Returns batches with `input_ids`, `attention_mask`, `labels` (-100 outside the supervised text and on
-    padding) and, when the batch has images, `pixel_values` in the order their image tokens appear.
+    padding) and, when the batch has images, `pixel_values` in the order their image tokens appear. A packed
+    batch has `position_ids` (restarting at 0 at every sample) instead of `attention_mask`.
     """
 
     processor: Any
@@ -125,6 +131,7 @@ class LlavaDataCollator:
     chat_template: str | None = None
     on_bad_sample: Literal["error", "skip"] = "error"
     pad_to_multiple_of: int | None = None
+    packing_max_tokens: int | None = None
     skipped: list[SkippedSample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -138,6 +145,8 @@ class LlavaDataCollator:
             )
         if self.processor.tokenizer.pad_token_id is None:
             raise ValueError("The processor's tokenizer has no pad token; set tokenizer.pad_token before training.")
+        if self.packing_max_tokens is not None and self.packing_max_tokens < 1:
+            raise ValueError(f"packing_max_tokens must be a positive number of tokens, got {self.packing_max_tokens}")
 
     # ------------------------------------------------------------------------------------------------------------
     # One sample
@@ -204,7 +213,7 @@ class LlavaDataCollator:
                 f"Every sample of a batch was unusable ({[str(s) for s in self.skipped[-len(examples):]]}); "
                 "check the dataset before training (llava validate, or the trainer's pre-training scan)."
             )
-        return self.pad(kept)
+        return self.pad(kept) if self.packing_max_tokens is None else self.pack(kept)
 
     def pad(self, encoded: list[dict[str, Any]]) -> BatchFeature:
         """Right-pad encoded samples into tensors and concatenate their images."""
@@ -227,15 +236,26 @@ class LlavaDataCollator:
         check_labels(batch, self.processor.image_token_id)
         return BatchFeature(batch)
 
+    def pack(self, encoded: list[dict[str, Any]]) -> BatchFeature:
+        """Pack encoded samples into as few rows of `packing_max_tokens` as first-fit decreasing finds, images in
+        the order of their tokens (`training.packing.pack_samples`)."""
+        batch, real = pack_samples(
+            encoded, self.packing_max_tokens, self.processor.tokenizer.pad_token_id, self.pad_to_multiple_of
+        )
+        check_labels(batch, self.processor.image_token_id, real)
+        return BatchFeature(batch)
 
-def check_labels(batch: dict[str, torch.Tensor], image_token_id: int) -> None:
+
+def check_labels(batch: dict[str, torch.Tensor], image_token_id: int, real: torch.Tensor | None = None) -> None:
     """Refuse a batch that supervises an image token or a padding position: the invariant of every collated batch.
 
-    Two elementwise comparisons over `(batch, length)` integers, cheap next to a forward pass. It raises rather than
-    `assert`s so that `python -O` cannot turn it off.
+    `real` marks the positions that hold sample tokens (default: the batch's `attention_mask`; a packed batch has
+    none). Two elementwise comparisons over `(batch, length)` integers, cheap next to a forward pass. It raises
+    rather than `assert`s so that `python -O` cannot turn it off.
     """
     labels = batch["labels"]
-    bad = (labels != IGNORE_INDEX) & ((batch["input_ids"] == image_token_id) | (batch["attention_mask"] == 0))
+    real = batch["attention_mask"] == 1 if real is None else real
+    bad = (labels != IGNORE_INDEX) & ((batch["input_ids"] == image_token_id) | ~real)
     if bool(bad.any()):
         row, column = (int(index) for index in bad.nonzero()[0])
         raise AssertionError(
@@ -249,7 +269,7 @@ def stage_collator(
 ) -> LlavaDataCollator:
     """The collator of a training stage: the plan's chat template (a name from `processing.templates`, a Jinja
     string, or `None` for the processor's own), loss on what its generation markers enclose. `kwargs` go to
-    `LlavaDataCollator` (`pad_to_multiple_of`)."""
+    `LlavaDataCollator` (`pad_to_multiple_of`, `packing_max_tokens`)."""
     return LlavaDataCollator(
         processor,
         max_length=max_length,

@@ -356,6 +356,7 @@ def training_collator(args: LlavaTrainArguments, training_args: LlavaSFTConfig, 
         max_length=training_args.max_length,
         on_bad_sample=args.on_bad_data,
         pad_to_multiple_of=training_args.pad_to_multiple_of,
+        packing_max_tokens=training_args.packing_max_tokens if training_args.packing else None,
     )
     if plan.keep_template and collator.chat_template is not None:
         _keep_training_template(processor, collator.chat_template, args.chat_template)

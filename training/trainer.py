@@ -3,6 +3,7 @@
 - a separate learning rate for the projector (and a trained vision tower): their own optimizer parameter groups;
 - optional length grouping by modality (image and text-only samples in separate batches);
 - one named choice of the loss computation per device (`choose_loss`);
+- `packing: true` done by the collator (`training.packing`), which TRL refuses for vision datasets;
 - a sparse gradient for the input-embedding lookup when the embeddings are tied and train on CPU.
 
 Which parameters learn in each stage is `training.parameters` (re-exported here).
@@ -10,6 +11,7 @@ Which parameters learn in each stage is `training.parameters` (re-exported here)
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -54,6 +56,24 @@ def choose_loss(trainer: SFTTrainer, model: nn.Module, requested: bool | None = 
     if requested is not None:
         return SUPERVISED_LOGITS_LOSS if requested else TRL_LOSS
     return SUPERVISED_LOGITS_LOSS if next(model.parameters()).device.type == "cpu" else TRL_LOSS
+
+
+@contextlib.contextmanager
+def _packing_hidden_from_trl(args):
+    """`args.packing` off while TRL's `SFTTrainer.__init__` reads it, and back after.
+
+    TRL refuses its own packing (and padding-free batches) for vision datasets; in `llava train` the option means
+    packing by the collator (`training.packing`), which TRL never sees: it only passes the collator's batches on.
+    """
+    packing = getattr(args, "packing", False)
+    if not packing:
+        yield
+        return
+    args.packing = False
+    try:
+        yield
+    finally:
+        args.packing = packing
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -107,7 +127,8 @@ class LlavaSFTTrainer(SFTTrainer):
             # wraps the model, which warns on every LoRA run; only that one warning, only here. Remove once PEFT
             # reads `is_activation_checkpointing`.
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-            super().__init__(*args, **kwargs)
+            with _packing_hidden_from_trl(kwargs.get("args", args[1] if len(args) > 1 else None)):
+                super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The loss `choose_loss` picks: TRL's, or the supervised-positions loss below."""
@@ -141,8 +162,11 @@ class LlavaSFTTrainer(SFTTrainer):
             correct = self.accelerator.gather_for_metrics(correct).sum()
         self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
-        if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        if mode == "train":
+            # a packed batch has no attention_mask; like TRL for its padding-free batches, count its positions
+            labels = inputs["labels"]
+            tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else labels.new_tensor(labels.numel())
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     def train(self, *args, **kwargs):
