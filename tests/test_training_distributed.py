@@ -61,7 +61,7 @@ def run_train(
             "--mixed_precision", "no",  # the GPU configs say bf16; compared with fp32 here
             *arguments,
         ]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 
 def losses(root, name: str) -> list[float]:
