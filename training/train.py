@@ -308,10 +308,29 @@ def train(
     )
     if quiet:
         silence_console(trainer)
+    require_requested_sharding(trainer)
     trainable = trainable_parameters_per_part(trainer.model)  # after PEFT attached its adapters
     logger.info("Trainable parameters per part: %s", trainable)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return save_outputs(trainer, args, processor, skipped, getattr(collator, "skipped", []), trainable)
+
+
+def require_requested_sharding(trainer) -> None:
+    """Stop when FSDP was asked for but the trainer would not shard.
+
+    accelerate attaches the FSDP plugin only on accelerators (GPU, NPU, XPU, ...): launched on CPU with an FSDP
+    config and `use_cpu`, it joins the processes over gloo as plain DDP, without a word, and each rank holds the
+    whole model and optimizer state. The run is not what was asked for, so it does not start.
+    """
+    import accelerate
+
+    requested = bool(trainer.args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if requested and not trainer.is_fsdp_enabled:
+        raise ValueError(
+            f"FSDP was requested, but accelerate {accelerate.__version__} shards only on accelerators (GPU, NPU, "
+            f"XPU, ...); here it would train as {trainer.accelerator.distributed_type.value} instead. On CPU, "
+            "launch with training/configs/accelerate/ddp_cpu.yaml."
+        )
 
 
 def model_for_training(args: LlavaTrainArguments, training_args: LlavaSFTConfig, model=None, processor=None):
@@ -402,6 +421,10 @@ def save_outputs(trainer, args: LlavaTrainArguments, processor, skipped: list, s
     skipped = skipped + skipped_in_training
     if skipped_in_training:
         write_skipped(trainer.args, skipped, f"{len(skipped_in_training)} sample(s) skipped during training")
+    if trainer.is_fsdp_enabled:
+        # Checkpoints may stay sharded (fast to write, resumable), but transformers' `save_model` writes nothing at
+        # all under SHARDED_STATE_DICT, not even the processor: the model that leaves training is gathered whole.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
     projector_path = output_dir / PROJECTOR_FILE if args.plan.save_projector else None
     if projector_path is not None:

@@ -11,8 +11,9 @@ Which parameters learn in each stage is `training.parameters` (re-exported here)
 
 from __future__ import annotations
 
-import contextlib
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ def choose_loss(trainer: SFTTrainer, model: nn.Module, requested: bool | None = 
     return SUPERVISED_LOGITS_LOSS if next(model.parameters()).device.type == "cpu" else TRL_LOSS
 
 
-@contextlib.contextmanager
+@contextmanager
 def _packing_hidden_from_trl(args):
     """`args.packing` off while TRL's `SFTTrainer.__init__` reads it, and back after.
 
@@ -74,6 +75,29 @@ def _packing_hidden_from_trl(args):
         yield
     finally:
         args.packing = packing
+
+
+@contextmanager
+def saved_as_own_class(model: nn.Module) -> Iterator[None]:
+    """While saving, give an FSDP2-sharded model back its own class.
+
+    FSDP2 (`fully_shard`) shards a model in place by swapping its class for a subclass defined in torch,
+    `FSDP<Name>`. transformers strips that prefix from `architectures` when saving, but a remote-code model's
+    `save_pretrained` also records its class in config.json's `auto_map` and copies the file that defines it: the
+    folder would name `_fsdp_init.FSDPLlavaForCausalLM` and hold torch's `_fsdp_*.py` files instead of
+    `modeling_llava.py`, and not load. Any other model passes through unchanged.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not issubclass(sharded_class, FSDPModule):
+        yield
+        return
+    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = sharded_class
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -211,6 +235,12 @@ class LlavaSFTTrainer(SFTTrainer):
                 f"(world size {self.args.world_size})."
             )
         return embedding
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Only the writing process gets here, after the collective gather: presenting the model as its own class
+        # for the write cannot leave another rank waiting.
+        with saved_as_own_class(self.model):
+            super()._save(output_dir, state_dict=state_dict)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         # Trainer has one learning rate; the projector (and a trained vision tower) get their own groups here.
