@@ -28,10 +28,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-<<<<<<< HEAD
-def launch(tmp_path, name: str, num_processes: int, per_device_batch: int, *options: str) -> list[float]:
-    output_dir = tmp_path / name
-=======
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
@@ -45,7 +41,6 @@ def run_train(
     root, name: str, num_processes: int, per_device_batch: int, *extra: str,
     accelerate_config: str = "ddp_cpu.yaml", entry: tuple[str, ...] = ("-m", "llava_cli"),
 ) -> subprocess.CompletedProcess:
->>>>>>> h-fsdp
     arguments = [
         *entry, "train",
         "--config", str(REPO_ROOT / "training" / "configs" / "tiny_stage2.yaml"),
@@ -54,13 +49,8 @@ def run_train(
         "--image_root", str(root / "images"),
         "--output_dir", str(root / name),
         "--per_device_train_batch_size", str(per_device_batch),
-<<<<<<< HEAD
-        "--max_steps", "4", "--group_by_modality_length", "true",
-        "--save_strategy", "steps", "--save_steps", "4", *options,
-=======
         "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
         "--use_cpu", "true", *extra,
->>>>>>> h-fsdp
     ]
     command = [sys.executable, *arguments]
     if num_processes > 1:
@@ -95,17 +85,16 @@ def test_ddp_on_two_cpu_processes_matches_one_process(workspace):
 
 
 @pytest.mark.slow
-<<<<<<< HEAD
-def test_ddp_with_packing_matches_one_padded_process(tmp_path):
+def test_ddp_with_packing_matches_one_padded_process(workspace):
     """Each rank packs its own batch; the loss (a token mean over the global batch) is the padded one."""
-    paths = write_images(tmp_path / "images")
-    write_dataset(tmp_path / "chats.json", chat_records(paths, repeats=4))
-    save_tiny_model(tmp_path / "base")
-    single = launch(tmp_path, "single", num_processes=1, per_device_batch=4)
-    ddp = launch(tmp_path, "ddp-packed", 2, 2, "--packing", "true", "--packing_max_tokens", "256")
+    grouped = ("--group_by_modality_length", "true")
+    single = trained(workspace, "single-padded", 1, 4, *grouped)
+    ddp = trained(workspace, "ddp-packed", 2, 2, *grouped, "--packing", "true", "--packing_max_tokens", "256")
     assert len(single) == len(ddp) == 4
     assert ddp == pytest.approx(single, rel=1e-3, abs=1e-4)
-=======
+
+
+@pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes(workspace):
     # Random order, not grouped by modality. With seed 16 (accelerate's seeded sampler: torch.randperm(20) under
     # manual_seed(16)), step 1 gives one rank two text-only samples and the other two image samples, and steps 3
@@ -141,4 +130,3 @@ def test_fsdp_launch_on_cpu_stops_instead_of_training_as_ddp(workspace):
     assert "llava train: FSDP was requested, but accelerate" in result.stderr
     assert "MULTI_CPU" in result.stderr
     assert not (workspace / "fsdp-unsharded" / "checkpoint-2").exists()
->>>>>>> h-fsdp
