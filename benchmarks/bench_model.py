@@ -69,6 +69,14 @@ VISION_PRESETS: dict[str, dict[str, int]] = {
         "image_size": 336,
         "patch_size": 14,
     },
+    "vit-b-16": {
+        "vision_layers": 12,
+        "vision_hidden": 768,
+        "vision_intermediate": 3072,
+        "vision_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
+    },
     "tiny": {
         "vision_layers": 4,
         "vision_hidden": 256,
