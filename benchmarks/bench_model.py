@@ -18,6 +18,8 @@ Examples:
     python benchmarks/bench_model.py                  # full CPU run (CLIP ViT-L/14-336 + SmolLM2-135M shape)
     python benchmarks/bench_model.py --quick          # tiny shapes, a minute or two
     python benchmarks/bench_model.py --device cuda --dtype bf16 --text-size 1b   # on a GPU
+    python benchmarks/bench_model.py --vision-size vit-b-16 --decode-only --compiled-decoding --new-tokens 64
+        # batch-1 decode only: built-in default vs ours default vs ours with --compile (static cache + compile)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from transformers.utils import logging as transformers_logging
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing it
 
+from inference.settings import GenerationSettings
 from modeling_llava import LlavaConfig, LlavaForCausalLM
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,6 +71,14 @@ VISION_PRESETS: dict[str, dict[str, int]] = {
         "vision_heads": 16,
         "image_size": 336,
         "patch_size": 14,
+    },
+    "vit-b-16": {
+        "vision_layers": 12,
+        "vision_hidden": 768,
+        "vision_intermediate": 3072,
+        "vision_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
     },
     "tiny": {
         "vision_layers": 4,
@@ -281,8 +292,11 @@ def run_prefill(model: torch.nn.Module, inputs: dict, device: torch.device) -> d
 
 
 @torch.inference_mode()
-def run_generate(model: torch.nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
-    """Greedy generation of exactly `new_tokens` tokens per row (EOS suppressed until then)."""
+def run_generate(
+    model: torch.nn.Module, inputs: dict, new_tokens: int, device: torch.device, **generate_kwargs
+) -> dict:
+    """Greedy generation of exactly `new_tokens` tokens per row (EOS suppressed until then); `generate_kwargs`
+    select another generation path (e.g. the inference layer's compiled decoding)."""
     clock = _FirstTokenClock(device)
     _synchronize(device)
     start = time.perf_counter()
@@ -293,6 +307,7 @@ def run_generate(model: torch.nn.Module, inputs: dict, new_tokens: int, device: 
         do_sample=False,
         pad_token_id=PAD_TOKEN_ID,
         logits_processor=LogitsProcessorList([clock]),
+        **generate_kwargs,
     )
     _synchronize(device)
     end = time.perf_counter()
@@ -301,6 +316,7 @@ def run_generate(model: torch.nn.Module, inputs: dict, new_tokens: int, device: 
     return {
         "tokens_per_s": batch * new_tokens / (end - start),
         "decode_tokens_per_s": batch * (new_tokens - 1) / (end - clock.first_call),
+        "total_s": end - start,
         "tokens": generated.cpu(),
     }
 
@@ -417,11 +433,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--decode-only", action="store_true", help="measure only batch-1 generation (no memory)")
+    parser.add_argument(
+        "--compiled-decoding", action="store_true",
+        help="also time ours with the inference layer's --compile (static cache + torch.compile) against the "
+        "built-in's default, side by side; the first (compiling) call is reported separately",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but torch sees no CUDA device")
     if args.new_tokens is None:
         args.new_tokens = 8 if args.quick else 32
+    if args.decode_only:
+        args.skip_memory = True
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (decode speed needs a token after the first)")
     return args
@@ -532,16 +556,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # One untimed pass of every workload per model first (allocator, oneDNN and kernel warm-up).
     warm_start = time.perf_counter()
-    interleaved(1, prefill, [])
     interleaved(1, generate(prefill_inputs), [])
-    interleaved(1, train, [])
+    if not args.decode_only:
+        interleaved(1, prefill, [])
+        interleaved(1, train, [])
     print(f"# warm-up done in {time.perf_counter() - warm_start:.1f}s; timing {args.reps} interleaved repetitions")
 
-    builtin_values, our_values, _ = interleaved(args.reps, prefill, ["prefill_s"])
-    rows.append(Row("prefill latency (batch 1)", builtin_values["prefill_s"], our_values["prefill_s"], "s", False))
+    if not args.decode_only:
+        builtin_values, our_values, _ = interleaved(args.reps, prefill, ["prefill_s"])
+        rows.append(Row("prefill latency (batch 1)", builtin_values["prefill_s"], our_values["prefill_s"], "s", False))
 
-    identical: dict[int, bool] = {}
-    for batch, batch_inputs in ((1, prefill_inputs), (args.gen_batch, generate_inputs)):
+    identical: dict[int | str, bool] = {}
+    generation_batches = ((1, prefill_inputs),) if args.decode_only else ((1, prefill_inputs), (args.gen_batch, generate_inputs))
+    for batch, batch_inputs in generation_batches:
         keys = ["tokens_per_s", "decode_tokens_per_s"]
         builtin_values, our_values, last = interleaved(args.reps, generate(batch_inputs), keys)
         identical[batch] = torch.equal(last[0]["tokens"], last[1]["tokens"])
@@ -550,16 +577,36 @@ def main(argv: list[str] | None = None) -> int:
             Row(f"  decode-only tok/s (batch {batch})", builtin_values[keys[1]], our_values[keys[1]], "tok/s", True)
         )
 
-    builtin_values, our_values, last = interleaved(args.reps, train, ["train_step_s", "loss"])
-    rows.append(
-        Row(
-            f"train step fwd+bwd (batch {args.train_batch})",
-            builtin_values["train_step_s"],
-            our_values["train_step_s"],
-            "s",
-            False,
+    if args.compiled_decoding:
+        # Ours through the inference layer's compiled path; the built-in keeps its default (dynamic cache, eager).
+        compiled = GenerationSettings(compile=True).generate_kwargs()
+        compiled.pop("max_new_tokens"), compiled.pop("num_beams"), compiled.pop("do_sample")
+
+        def generate_compiled(kind: str) -> dict:
+            extra = compiled if kind == "ours" else {}
+            return run_generate(models[kind], prefill_inputs, args.new_tokens, device, **extra)
+
+        first = run_generate(ours, prefill_inputs, args.new_tokens, device, **compiled)
+        print(f"# compiled decoding: first call (compiles) {first['total_s']:.1f}s for {args.new_tokens} tokens")
+        keys = ["tokens_per_s", "decode_tokens_per_s"]
+        builtin_values, our_values, last = interleaved(args.reps, generate_compiled, keys)
+        identical["1, ours compiled"] = torch.equal(last[0]["tokens"], last[1]["tokens"])
+        rows.append(Row("generate tok/s (b1, compiled)", builtin_values[keys[0]], our_values[keys[0]], "tok/s", True))
+        rows.append(
+            Row("  decode-only tok/s (b1, compiled)", builtin_values[keys[1]], our_values[keys[1]], "tok/s", True)
         )
-    )
+
+    if not args.decode_only:
+        builtin_values, our_values, last = interleaved(args.reps, train, ["train_step_s", "loss"])
+        rows.append(
+            Row(
+                f"train step fwd+bwd (batch {args.train_batch})",
+                builtin_values["train_step_s"],
+                our_values["train_step_s"],
+                "s",
+                False,
+            )
+        )
 
     workloads = {"prefill": prefill_inputs, "generate": generate_inputs, "train": train_inputs}
     workload_names = {
@@ -569,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     memory_note = ""
     if args.skip_memory:
-        memory_note = "# memory: skipped (--skip-memory)"
+        memory_note = "# memory: skipped (--skip-memory or --decode-only)"
     elif device.type == "cuda":
         memory_note = "# memory: CUDA allocator peak (torch.cuda.max_memory_allocated), weights included"
         for workload, inputs in workloads.items():

@@ -3,6 +3,12 @@
 Greedy decoding by default (temperature 0), as in the paper's evaluation scripts. Commands differ only in
 the default answer length (a chat answer may run longer than an evaluation answer) and in whether beam search
 and batching apply (a streamed chat answer is one sequence: no beams, no batch).
+
+`compile` selects transformers' compiled decoding: a static KV cache (`cache_implementation="static"`) and
+`generate`'s own `torch.compile` of the decode step (`CompileConfig`). Greedy tokens are the same either way
+(tests/test_compiled_decoding.py). It is off by default: on the 2-core CPU it decodes only ~1.1x faster
+(batch 1, SmolLM2-135M shape) and its first call compiles for about a minute (docs/benchmarks.md, "Compiled
+decoding"); no GPU figure exists yet.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float | None = None
     num_beams: int = 1
+    compile: bool = False
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `model.generate` (top_p only applies when sampling)."""
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+        if self.compile:
+            kwargs.update(compiled_decoding_kwargs())
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature)
             if self.top_p is not None:
@@ -46,7 +55,21 @@ class GenerationSettings:
             temperature=args.temperature,
             top_p=args.top_p,
             num_beams=getattr(args, "num_beams", 1),
+            compile=getattr(args, "compile", False),
         )
+
+
+def compiled_decoding_kwargs() -> dict[str, Any]:
+    """`generate` arguments for a static KV cache with the decode step compiled by `generate` itself.
+
+    transformers compiles automatically only on accelerators (cuda, xpu, ...); `_compile_all_devices` is its
+    switch for compiling on CPU too. Mode "default": "reduce-overhead" means CUDA graphs, which CPUs lack.
+    """
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig(mode="default")
+    compile_config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": compile_config}
 
 
 def add_generation_arguments(
@@ -62,6 +85,9 @@ def add_generation_arguments(
                        help=f"most tokens generated per answer (default {max_new_tokens})")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (only with --temperature > 0)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="static KV cache + torch.compile of the decode step; same greedy tokens, a slow first "
+                            "call (default off: ~1.1x decode on a 2-core CPU, see docs/benchmarks.md)")
     if batched:
         group.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1 = no beam search)")
         group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,

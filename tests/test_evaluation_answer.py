@@ -3,17 +3,15 @@ run resumes without recomputing or losing predictions."""
 
 from __future__ import annotations
 
-
 import pytest
+from evaluation_fixtures import save_tiny_image_text_model, write_questions
 
-from inference.batch import BatchAnswerer
-from inference.batch import answer_question_file
+from inference.batch import BatchAnswerer, answer_question_file
 from inference.loading import load_model_and_processor
 from inference.messages import truncate_at_stops
 from inference.settings import GenerationSettings
 from processing.images import ImageLoadError
 from processing.jsonio import read_records
-from evaluation_fixtures import save_tiny_image_text_model, write_questions
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,9 @@ def test_batched_answers_match_one_by_one(tmp_path, tiny_answerer):
     )
     assert {k: v["text"] for k, v in batched.items()} == {k: v["text"] for k, v in single.items()}
     assert all(v["text"] for v in batched.values())  # the model did generate something
-    assert batched["q0"]["generation"] == {"max_new_tokens": 4, "temperature": 0.0, "top_p": None, "num_beams": 1}
+    assert batched["q0"]["generation"] == {
+        "max_new_tokens": 4, "temperature": 0.0, "top_p": None, "num_beams": 1, "compile": False
+    }
 
 
 def test_interrupted_answering_resumes_without_recomputing(tmp_path, tiny_answerer):
