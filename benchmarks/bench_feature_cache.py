@@ -88,17 +88,20 @@ def step_flops(model, text_tokens: int, supervised_tokens: int) -> dict[str, flo
     return {"tower": tower, "projector": projector, "llm": llm}
 
 
-def build(dtype: torch.dtype):
+def build(dtype: torch.dtype, tower_config: dict = VIT_L_336, chat_template: str | None = None):
+    """SmolLM2-135M-Instruct + a random CLIP tower of `tower_config`'s shape + an mlp2x_gelu projector, with its
+    processor (also `bench_packing.py`'s model, at the demo's tower shape)."""
     language_dir = smollm2_checkpoint()
     tokenizer = AutoTokenizer.from_pretrained(language_dir)
     language_model = AutoModelForCausalLM.from_pretrained(language_dir, dtype=dtype)
     image_token_id = add_image_token(tokenizer)
     language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(**VIT_L_336)).to(dtype)
+    tower = CLIPVisionModel(CLIPVisionConfig(**tower_config)).to(dtype)
     model = assemble_llava(tower, language_model, image_token_id, projector_type="mlp2x_gelu")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    return model, make_processor(model.config, image_processor, tokenizer)
+    size = tower_config["image_size"]
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return model, make_processor(model.config, image_processor, tokenizer, chat_template=chat_template)
 
 
 def stage1_batch(processor, work: Path, size: int) -> dict[str, torch.Tensor]:

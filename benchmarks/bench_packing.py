@@ -30,16 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from transformers import TrainerCallback
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-from demo.default_llm import smollm2_checkpoint  # noqa: E402
-from demo.settings import IMAGE_SIZE, TOWER  # noqa: E402
-from modeling_llava.build import add_image_token, assemble_llava, make_processor  # noqa: E402
+from bench_feature_cache import build  # noqa: E402
+from demo.settings import TOWER  # noqa: E402
 from processing.llava_data import load_llava_dataset, to_trl_dataset  # noqa: E402
 from training.arguments import LlavaSFTConfig, cpu_has_native_bf16  # noqa: E402
 from training.collators import stage2_collator  # noqa: E402
@@ -51,22 +49,6 @@ WORDS = ("the", "a", "of", "and", "to", "in", "is", "it", "that", "on", "with", 
     "street", "table", "people", "red", "blue", "green", "large", "small", "two", "three", "left", "right", "top",
     "bottom", "behind", "near", "front", "sitting", "standing", "holding", "looking", "wearing", "white", "black",
     "water", "sky", "tree", "building")
-
-
-def build_model(dtype: torch.dtype):
-    """The demo's tower shape (random) + SmolLM2-135M-Instruct, an mlp2x_gelu projector."""
-    language_dir = smollm2_checkpoint()
-    tokenizer = AutoTokenizer.from_pretrained(language_dir)
-    language_model = AutoModelForCausalLM.from_pretrained(language_dir, dtype=dtype)
-    image_token_id = add_image_token(tokenizer)
-    language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(**TOWER)).to(dtype)
-    model = assemble_llava(tower, language_model, image_token_id, projector_type="mlp2x_gelu")
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    return model, make_processor(model.config, image_processor, tokenizer, chat_template="chatml")
 
 
 def write_mix(path: Path, image_paths: list[str], args) -> None:
@@ -161,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_packing_"))
     image_paths = list(write_images(work / "images").values())
     write_mix(work / "mix.json", image_paths, args)
-    reference, processor = build_model(torch.float32)
+    reference, processor = build(torch.float32, TOWER, chat_template="chatml")  # the demo's tower shape, random
     reference.set_attn_implementation(args.attn)
     dataset = to_trl_dataset(load_llava_dataset(work / "mix.json", work / "images"), work / "images")
     encoder = stage2_collator(processor, max_length=args.max_length)
