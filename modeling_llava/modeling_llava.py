@@ -428,12 +428,7 @@ class LlavaModel(LlavaPreTrainedModel):
             # A packed batch (training.packing): transformers confines attention to each sample only when no cache is
             # built, and a cache of several samples would mean nothing anyway.
             use_cache = False
-            if "flash" in str(self.language_model.config._attn_implementation) and inputs_embeds.shape[0] > 1:
-                # Flash attention finds the samples (cu_seqlens) from the position ids of a one-row batch only: lay
-                # the rows end to end; each row's padding is a block of its own, so nothing else changes.
-                rows = inputs_embeds.shape[:2]
-                inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])
-                position_ids = position_ids.reshape(1, -1)
+            inputs_embeds, position_ids, rows = self._packed_rows_for_attention(inputs_embeds, position_ids)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -455,6 +450,19 @@ class LlavaModel(LlavaPreTrainedModel):
             attentions=outputs.attentions,
             image_outputs=image_outputs,
         )
+
+    def _packed_rows_for_attention(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor):
+        """`(inputs_embeds, position_ids, rows)` of a packed batch as the attention kernel needs them; `rows` is the
+        original `(rows, length)` when they were laid end to end, else `None`.
+
+        Flash attention finds the samples (cu_seqlens) from the position ids of a one-row batch only: lay the rows end
+        to end; each row's padding is a block of its own, so nothing else changes. Other kernels take the rows as
+        they are (transformers builds their block-diagonal mask from the position ids).
+        """
+        if "flash" not in str(self.language_model.config._attn_implementation) or inputs_embeds.shape[0] == 1:
+            return inputs_embeds, position_ids, None
+        rows = inputs_embeds.shape[:2]
+        return inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1]), position_ids.reshape(1, -1), rows
 
     def _encode_images(
         self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None, **kwargs
