@@ -183,8 +183,12 @@ def evaluate(model_dir: Path, data, name: str, scenes: int, log: Step, cache: Pa
     return result
 
 
-def train_stage(stage: int, model_dir: Path, data, out: Path, preset: dict, seed: int, log: Step) -> tuple[Path, list[float]]:
-    """One stage through the project's training entry point and its shipped demo config (cached)."""
+def train_stage(
+    stage: int, model_dir: Path, data, out: Path, preset: dict, seed: int, log: Step, *,
+    data_path: Path | None = None, overrides: dict | None = None, name: str | None = None,
+) -> tuple[Path, list[float]]:
+    """One stage through the project's training entry point and its shipped demo config (cached). The ablations
+    (`demo.ablations`) train on other data (`data_path`) or with other settings (`overrides`, e.g. `max_steps`)."""
     import yaml
 
     from training.train import run
@@ -195,14 +199,15 @@ def train_stage(stage: int, model_dir: Path, data, out: Path, preset: dict, seed
     config = yaml.safe_load(stage_config_file(stage).read_text())
     config.update(
         model_name_or_path=str(model_dir),
-        data_path=str(data.stage1 if stage == 1 else data.stage2),
+        data_path=str(data_path or (data.stage1 if stage == 1 else data.stage2)),
         image_root=str(data.image_root),
         output_dir=str(out),
         num_train_epochs=preset[f"stage{stage}_epochs"],
         seed=seed,
         **mixed_precision_overrides(),
     )
-    result = run(config, callbacks=[PhaseProgress(f"stage {stage}", log)], quiet=True)
+    config.update(overrides or {})
+    result = run(config, callbacks=[PhaseProgress(name or f"stage {stage}", log)], quiet=True)
     (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
     losses_file.write_text(json.dumps(result.losses))
     return Path(result.model_dir), result.losses
