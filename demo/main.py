@@ -45,6 +45,7 @@ from demo.settings import (
     run_settings,
     stage_config_file,
 )
+from demo.tower import TowerPretraining
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train a LLaVA that learns to see, offline, in minutes: SmolLM2-135M-Instruct + a small CLIP "
         "tower, stage 1 then stage 2 on synthetic scenes, evaluated before and after each stage.",
     )
-    parser.add_argument("--output-dir", default="outputs/demo", help="Where everything goes (default: outputs/demo).")
+    parser.add_argument("--output-dir", default=None, help="Where everything goes (default: outputs/demo).")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="Smallest run (a smoke test, ~half the default time).")
     size.add_argument("--full", action="store_true", help="A longer, bigger run (more scenes and epochs).")
@@ -61,7 +62,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--eval-scenes", type=int, default=None, help="Override the preset's number of held-out scenes, which score the final model (before training and after stage 1: the first few of them, demo.settings).")
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and training (default 0).")
     parser.add_argument("--cache-dir", default=None, help="Cache for the converted SmolLM2 (default ~/.cache/llava-transformers).")
-    return parser.parse_args(argv)
+    parser.add_argument("--ablations", action="store_true", help="Run the analogues of the paper's Tables 3 and 7 over "
+                        "seeds 0-2 instead (docs/ablations.md; with --quick: a smoke test); default --output-dir "
+                        "outputs/ablations.")
+    args = parser.parse_args(argv)
+    if args.ablations:
+        given = [name for name in ("full", "train_scenes", "eval_scenes") if getattr(args, name) not in (None, False)]
+        if given or args.seed != 0:
+            parser.error("--ablations runs its own protocol (docs/ablations.md): --full, --train-scenes, "
+                         "--eval-scenes and --seed do not apply")
+    return args
 
 
 def chosen_preset(args: argparse.Namespace) -> tuple[str, dict]:
@@ -105,7 +115,9 @@ def build_data(out: Path, preset: dict, seed: int):
     )
 
 
-def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step) -> tuple[Path, list[float]]:
+def build_vision_tower(
+    out: Path, data, language_dir: Path, seed: int, log: Step, pretraining: TowerPretraining = TOWER_PRETRAINING
+) -> tuple[Path, list[float]]:
     """The small CLIP tower, pretrained on the training scenes' captions and boxes (cached)."""
     losses_file = out / "pretraining_losses.json"
     if losses_file.is_file():
@@ -116,15 +128,16 @@ def build_vision_tower(out: Path, data, language_dir: Path, seed: int, log: Step
 
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     losses = pretrain_tower(
-        out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), TOWER_PRETRAINING,
+        out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), pretraining,
         seed, callbacks=[PhaseProgress("vision tower", log)], precision=mixed_precision_overrides(), quiet=True,
     )
     return out, losses
 
 
-def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: Step) -> Path:
+def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: Step, vision_feature_layer: int = -2) -> Path:
     """SmolLM2 + the small CLIP tower + the paper's linear projector, started word-aligned on the training scenes'
-    boxes (`demo.projector`), saved with its processor (cached)."""
+    boxes (`demo.projector`), saved with its processor (cached). `vision_feature_layer`: the tower layer LLaVA reads
+    (the paper's: the one before the last, -2)."""
     if (out / "config.json").is_file():
         return out
     import torch
@@ -134,7 +147,9 @@ def build_base_model(out: Path, tower_dir: Path, language_dir: Path, data, log: 
     from processing.files import atomic_output_dir
 
     torch.manual_seed(0)
-    model, processor = build_llava(tower_dir, language_dir, projector_type="linear", chat_template="chatml")
+    model, processor = build_llava(
+        tower_dir, language_dir, projector_type="linear", vision_feature_layer=vision_feature_layer, chat_template="chatml"
+    )
     fit = fit_word_aligned_projector(
         model, processor.image_processor, processor.tokenizer, data.root / "train", column_words=PROJECTOR_COLUMN_WORDS
     )
@@ -255,20 +270,29 @@ def deliver(out: Path, data, results: dict, final_model: Path, losses: dict, ext
     print(accuracy_table(results))
 
 
+def quiet_console() -> None:
+    """One line per phase (demo.progress): no loading or dataset-preparation bars between them."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.ablations:
+        from demo.ablations import BUDGETS, run_ablations
+
+        quiet_console()
+        return run_ablations(Path(args.output_dir or "outputs/ablations"), BUDGETS["quick" if args.quick else "full"], args.cache_dir)
     preset_name, preset = chosen_preset(args)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir or "outputs/demo")
     out.mkdir(parents=True, exist_ok=True)
     check_run_settings(out, run_settings(preset_name, preset, args.seed))
     started = time.time()
     log = Step(started)
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    # One line per phase (demo.progress): no loading or dataset-preparation bars between them.
-    transformers_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_console()
 
     from demo.default_llm import smollm2_checkpoint
 
