@@ -183,9 +183,8 @@ def write_scienceqa_task(
             shutil.copyfile(data.root / folder / "images" / f"{scene.id}.png", image)
             splits[split].append(pid)
     write_json(splits_path, splits)
-    write_json(
-        problems_path, problems, indent=1
-    )  # last: its presence means the task is complete
+    # last: its presence means the task is complete
+    write_json(problems_path, problems, indent=1)
     return out
 
 
@@ -280,9 +279,8 @@ def reasoning_order_curve(
             metrics = score_checkpoint(
                 checkpoint(step), task_dir, eval_dir / f"step-{step}", answer_first
             )
-            shutil.rmtree(
-                checkpoint(step)
-            )  # ~0.5 GB each; the scores stay in eval/step-<k>/
+            # ~0.5 GB each; the scores stay in eval/step-<k>/
+            shutil.rmtree(checkpoint(step))
         metrics = json.loads((eval_dir / f"step-{step}" / "metrics.json").read_text())
         average = next(iter(metrics["results"].values()))["average"]
         curve.append(
@@ -324,18 +322,16 @@ def _train(
     write_json(
         data_path, convert_split(task_dir, "train", answer_first=answer_first), indent=1
     )
-    (train_dir / "losses.json").unlink(
-        missing_ok=True
-    )  # a finished run whose checkpoints are gone: train again
+    # a finished run whose checkpoints are gone: train again
+    (train_dir / "losses.json").unlink(missing_ok=True)
     overrides = {
         "max_steps": steps,
         "save_strategy": "steps",
         "save_steps": every,
         # Model, processor and remote code only (each loads with trust_remote_code); no optimizer state to resume.
         "save_only_model": True,
-        "image_root": str(
-            task_dir
-        ),  # convert_split's image paths are relative to the task folder
+        # convert_split's image paths are relative to the task folder
+        "image_root": str(task_dir),
     }
     train_stage(
         2,

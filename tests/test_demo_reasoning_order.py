@@ -6,6 +6,7 @@ caches."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -13,8 +14,12 @@ import pytest
 
 from demo.data import DemoData
 from demo.progress import Step
-from demo.reasoning_order import reasoning_order_curve, write_scienceqa_task
-from demo.scenes import write_scenes
+from demo.reasoning_order import (
+    reasoning_order_curve,
+    scene_problem,
+    write_scienceqa_task,
+)
+from demo.scenes import Scene, SceneObject, write_scenes
 from processing.scienceqa import OPTION_LETTERS, convert_split, load_scienceqa
 
 TRAIN_SCENES, EVAL_SCENES = 20, 8
@@ -154,6 +159,32 @@ def test_the_same_seed_writes_the_same_task(tmp_path):
     assert (one / "problems.json").read_text() != (other / "problems.json").read_text()
 
 
+def test_a_scene_with_two_identical_objects_gets_only_questions_with_one_true_answer():
+    """Two red circles: "What color is the circle?" and "Where is the red circle?" have no single answer; the
+    blue square's colour and position do."""
+    box = (0.0, 0.0, 0.1, 0.1)
+    objects = [SceneObject("circle", "red", "left", box), SceneObject("circle", "red", "middle", box),
+               SceneObject("square", "blue", "right", box)]  # fmt: skip
+    asked = set()
+    for seed in range(60):
+        problem = scene_problem(Scene("s", objects), random.Random(seed), "test")
+        truth = truth_from_scene(
+            problem["question"], [vars(obj) for obj in objects]
+        )  # raises when ambiguous
+        assert problem["choices"][problem["answer"]] == truth
+        asked.add(problem["question"])
+    assert {"What color is the square?", "Where is the blue square?"} <= asked
+    assert not {"What color is the circle?", "Where is the red circle?"} & asked
+    only_circles = Scene(
+        "c", objects[:2]
+    )  # nothing but the two red circles: only shape and count are asked
+    kinds = {
+        scene_problem(only_circles, random.Random(seed), "test")["category"]
+        for seed in range(20)
+    }
+    assert kinds == {"shape", "count"}
+
+
 def test_steps_must_be_a_multiple_of_checkpoints(tmp_path):
     with pytest.raises(
         ValueError,
@@ -221,17 +252,14 @@ def test_a_tiny_curve_trains_scores_every_checkpoint_and_is_cached(
         raise AssertionError("a cached curve must not train")
 
     monkeypatch.setattr(demo.main, "train_stage", no_training)
-    assert (
-        reasoning_order_curve(
-            out,
-            task_dir,
-            start,
-            data,
-            answer_first=True,
-            steps=2,
-            checkpoints=2,
-            seed=0,
-            log=Step(0.0),
-        )
-        == curve
-    )
+    rerun = {
+        "answer_first": True,
+        "steps": 2,
+        "checkpoints": 2,
+        "seed": 0,
+        "log": Step(0.0),
+    }
+    assert reasoning_order_curve(out, task_dir, start, data, **rerun) == curve
+    # interrupted after scoring, before the curve was written: the scores are read back, nothing is retrained
+    (out / "curve.json").unlink()
+    assert reasoning_order_curve(out, task_dir, start, data, **rerun) == curve
