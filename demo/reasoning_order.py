@@ -15,6 +15,8 @@ on the test split through `evaluation.cli.main(["scienceqa", ...])` and then del
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import shutil
@@ -210,7 +212,9 @@ def score_checkpoint(
         "--batch-size",
         str(EVAL_BATCH_SIZE),
     ]
-    code = eval_main(argv + (["--answer-first"] if answer_first else []))
+    # The CLI's own summary line stays off the console (the curve logs one line per checkpoint); errors go to stderr.
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = eval_main(argv + (["--answer-first"] if answer_first else []))
     if code != 0:
         raise RuntimeError(
             f"llava eval scienceqa failed (exit status {code}) on {model_dir}; see the message above"
