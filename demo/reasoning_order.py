@@ -280,7 +280,7 @@ def reasoning_order_curve(
     curve = []
     for step in scored_steps:
         if not scored(step):
-            metrics = score_checkpoint(
+            score_checkpoint(
                 checkpoint(step), task_dir, eval_dir / f"step-{step}", answer_first
             )
             # ~0.5 GB each; the scores stay in eval/step-<k>/
