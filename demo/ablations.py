@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from demo.progress import Step
-from demo.settings import PRESETS, TOWER_PRETRAINING, check_run_settings, run_settings
+from demo.settings import (
+    EVAL_BATCH_SIZE,
+    PRESETS,
+    TOWER_PRETRAINING,
+    check_run_settings,
+    run_settings,
+)
 
 # The paper's numbers, next to which the report puts ours (docs/ablations.md, "What the paper claims").
 PAPER_TABLE3 = {
@@ -48,10 +54,10 @@ class AblationBudget:
 
     preset: str = "default"
     seeds: tuple[int, ...] = (0, 1, 2)
-    stage2_steps: int = 40
+    stage2_steps: int = 35
     exact_match_scenes: int = 60  # held-out scenes whose one-word questions score conversation and Table 7
     judged_scenes: int = 40  # held-out scenes with one detail and one complex question for the judge
-    scienceqa_train: int = 320
+    scienceqa_train: int = 280  # one epoch of `stage2_steps` at batch 8
     scienceqa_test: int = 80
     checkpoints: int = 5
     tower_steps: int | None = None  # the demo's own tower pretraining when None
@@ -127,7 +133,7 @@ def judged_scores(model_dir: Path, data, items: list[dict], max_new_tokens: int,
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     answerer = BatchAnswerer(model, processor, GenerationSettings(max_new_tokens=max_new_tokens))
     answers: dict[str, str] = {}
-    for batch, texts in answer_in_batches(answerer, items, 16, lambda item: item["question"],
+    for batch, texts in answer_in_batches(answerer, items, EVAL_BATCH_SIZE, lambda item: item["question"],
                                           lambda item: Image.open(data.image_root / item["image"]).convert("RGB")):
         answers.update((item["id"], text) for item, text in zip(batch, texts))
     judge_items = [JudgeItem(item["id"], item["type"], item["question"], item["context"], item["reference"],

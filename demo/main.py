@@ -31,6 +31,7 @@ from pathlib import Path
 from demo.progress import PhaseLine, PhaseProgress, Step, eta
 from demo.settings import (
     CONVERSATION_TURNS,
+    EVAL_BATCH_SIZE,
     IMAGE_SIZE,
     PRESETS,
     PROJECTOR_COLUMN_WORDS,
@@ -182,7 +183,8 @@ def evaluate(model_dir: Path, data, name: str, scenes: int, log: Step, cache: Pa
     def progress(done: int, total: int) -> None:
         line.update(f"evaluating {name}: {done}/{total} questions (ETA {eta(started, done, total):.0f}s)")
 
-    predictions = answer_questions(model, processor, questions, data.image_root, ANSWER_VOCABULARIES, progress=progress)
+    predictions = answer_questions(model, processor, questions, data.image_root, ANSWER_VOCABULARIES,
+                                   batch_size=EVAL_BATCH_SIZE, progress=progress)
     counts = counts_by_type(predictions)
     result = {
         "accuracy": accuracy_by_type(predictions),

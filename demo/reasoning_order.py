@@ -33,11 +33,11 @@ from demo.scenes import (
     Scene,
     read_scenes,
 )
+from demo.settings import EVAL_BATCH_SIZE
 from processing.files import write_json
 
 #: Generation budget for scoring: the longest reasoning-first answer of the task is about 35 SmolLM2 tokens.
 MAX_NEW_TOKENS = 64
-EVAL_BATCH_SIZE = 16
 #: The counts a count question offers: the scenes hold 1 to 3 shapes, "4" is a distractor only.
 COUNTS = ("1", "2", "3", "4")
 MAX_CHOICES = 4

@@ -49,6 +49,10 @@ PROJECTOR_COLUMN_WORDS = False
 # A 48 px canvas of 3x3 cells and 16 px patches: 9 image tokens, one object per patch (see demo.scenes).
 IMAGE_SIZE = 48
 PATCH_SIZE = 16
+# Questions answered per generate call when scoring: decoding a 135M model on a CPU is bound by reading its weights,
+# so a batch of 64 costs little more per step than one of 16 and scores the held-out set ~1.4x faster, with the same
+# answers (docs/benchmarks.md, "Evaluation batch size").
+EVAL_BATCH_SIZE = 64
 # The CLIP tower, pretrained on the training captions and boxes (demo.tower), then frozen in both stages.
 TOWER = dict(
     hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
