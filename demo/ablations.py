@@ -34,6 +34,7 @@ from demo.settings import (
     check_run_settings,
     run_settings,
 )
+from processing.files import write_json, write_text
 
 # The paper's numbers, next to which the report puts ours (docs/ablations.md, "What the paper claims").
 PAPER_TABLE3 = {
@@ -85,7 +86,6 @@ def subset_stage2_data(data, mix: dict[str, float], seed: int, path: Path) -> Pa
     from demo.scenes import read_scenes
     from demo.settings import CONVERSATION_TURNS, STAGE2_IMAGE_FIRST
     from demo.teacher import TemplateTeacher
-    from processing.files import write_json
 
     full = json.loads(data.stage2.read_text())
     by_id = {scene.id: scene for scene in read_scenes(data.root / "train")}
@@ -142,7 +142,7 @@ def judged_scores(model_dir: Path, data, items: list[dict], max_new_tokens: int,
     tasks = [(item, order) for item in judge_items for order in ("reference_first", "model_first")]
     judge_all(SceneJudge(), tasks, reviews.append, judge_id=SceneJudge.name, concurrency=1, progress=False)
     result = {"relative": relative_scores(reviews), "answers": [{**item, "answer": answers[item["id"]]} for item in items[:6]]}
-    cache.write_text(json.dumps(result, indent=1))
+    write_json(cache, result, indent=1)
     return result
 
 
@@ -292,7 +292,7 @@ def write_report(out: Path, results: dict[int, dict], budget: AblationBudget, wa
     plot_table3(table3, out / "table3.png")
     plot_curves(curves, out / "reasoning_order.png")
     report = out / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
 
 
@@ -363,13 +363,13 @@ def run_ablations(out: Path, budget: AblationBudget, cache_dir: str | None = Non
             result = run_seed(out / f"seed-{seed}", language_dir, budget, seed, log)
             # per seed, so that a resumed run still reports what the whole run cost
             result["wall_clock_seconds"] = round(time.time() - seed_started, 1)
-            cache.write_text(json.dumps(result, indent=1))
+            write_json(cache, result, indent=1)
         results[seed] = json.loads(cache.read_text())
         log(f"seed {seed} done ({results[seed]['wall_clock_seconds'] / 60:.1f} min)")
     wall_clock = sum(result["wall_clock_seconds"] for result in results.values())
     report = write_report(out, results, budget, wall_clock, cpu_kind())
-    (out / "results.json").write_text(json.dumps({"budget": asdict(budget), "wall_clock_seconds": round(wall_clock, 1),
-                                                  "cpu": cpu_kind(), "seeds": results}, indent=1))
+    write_json(out / "results.json", {"budget": asdict(budget), "wall_clock_seconds": round(wall_clock, 1),
+                                      "cpu": cpu_kind(), "seeds": results}, indent=1)
     print(f"\nreport: {report}\n")
     print(report.read_text())
     return 0
