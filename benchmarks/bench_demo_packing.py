@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def runtime(run_dir: Path, out: Path, steps: int, packing: bool) -> tuple[float,
     root = run_dir / "data"
     data = DemoData(root, root / "stage1.json", root / "stage2.json", root / "eval_questions.jsonl", root)
     settings = json.loads((run_dir / "run_settings.json").read_text())
-    train_stage(2, run_dir / "stage1", data, out, {"stage2_epochs": 1}, settings["seed"], Step(0.0),
+    train_stage(2, run_dir / "stage1", data, out, {"stage2_epochs": 1}, settings["seed"], Step(time.time()),
                 overrides={"max_steps": steps, "packing": packing}, name=f"stage 2 ({'packed' if packing else 'padded'})")
     history = json.loads((out / "log_history.json").read_text())
     return history[-1]["train_runtime"], history[-1]["train_loss"]
