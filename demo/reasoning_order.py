@@ -264,44 +264,26 @@ def reasoning_order_curve(
         return train_dir / f"checkpoint-{step}"
 
     if not all(scored(step) or checkpoint(step).is_dir() for step in scored_steps):
-        _train(
-            out,
-            train_dir,
-            task_dir,
-            start_model,
-            data,
-            answer_first,
-            steps,
-            every,
-            seed,
-            log,
-            variant,
-        )
+        _train(out, train_dir, task_dir, start_model, data, answer_first, steps, every, seed, log, variant)
     curve = []
     for step in scored_steps:
         if not scored(step):
-            score_checkpoint(
-                checkpoint(step), task_dir, eval_dir / f"step-{step}", answer_first
-            )
+            score_checkpoint(checkpoint(step), task_dir, eval_dir / f"step-{step}", answer_first)
             # ~0.5 GB each; the scores stay in eval/step-<k>/
             shutil.rmtree(checkpoint(step))
-        metrics = json.loads((eval_dir / f"step-{step}" / "metrics.json").read_text())
-        average = next(iter(metrics["results"].values()))["average"]
-        curve.append(
-            {
-                "step": step,
-                "accuracy": average["accuracy"],
-                "unanswered": metrics["unanswered"],
-                "correct": average["correct"],
-                "total": average["total"],
-            }
-        )
-        log(
-            f"ScienceQA-style task, {variant}, step {step}/{steps}: accuracy {average['accuracy']:.1f}% "
-            f"({average['correct']}/{average['total']}, {metrics['unanswered']} unanswered)"
-        )
+        curve.append(_curve_point(eval_dir / f"step-{step}", step, steps, variant, log))
     write_json(curve_path, curve)
     return curve
+
+
+def _curve_point(scores_dir: Path, step: int, steps: int, variant: str, log: Step) -> dict:
+    """One point of the curve, read back from `llava eval scienceqa`'s metrics.json of that step."""
+    metrics = json.loads((scores_dir / "metrics.json").read_text())
+    average = next(iter(metrics["results"].values()))["average"]
+    log(f"ScienceQA-style task, {variant}, step {step}/{steps}: accuracy {average['accuracy']:.1f}% "
+        f"({average['correct']}/{average['total']}, {metrics['unanswered']} unanswered)")
+    return {"step": step, "accuracy": average["accuracy"], "unanswered": metrics["unanswered"],
+            "correct": average["correct"], "total": average["total"]}
 
 
 def _train(
