@@ -7,7 +7,9 @@ same config and saved once as safetensors, which later runs load quickly.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 from pathlib import Path
 
@@ -45,7 +47,9 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
     gguf = smollm2_gguf_file()
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers draws its own tqdm bar over the GGUF tensors, on stderr: kept off the demo's one line per phase.
+    with contextlib.redirect_stderr(io.StringIO()):
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     forget_gguf_quantization(quantized.config)
     model = AutoModelForCausalLM.from_config(quantized.config)

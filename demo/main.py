@@ -123,11 +123,13 @@ def build_vision_tower(
     losses_file = out / "pretraining_losses.json"
     if losses_file.is_file():
         return out, json.loads(losses_file.read_text())
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
 
     from demo.tower import pretrain_tower
 
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    # The PIL backend by name: the same preprocessing on every machine, with or without torchvision (without it,
+    # transformers falls back to this class anyway, with a console warning); 48 px scenes gain nothing from it.
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     losses = pretrain_tower(
         out, data.root / "train", TOWER, image_processor, AutoTokenizer.from_pretrained(language_dir), pretraining,
         seed, callbacks=[PhaseProgress("vision tower", log)], precision=mixed_precision_overrides(), quiet=True,

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPModel,
     CLIPVisionModel,
     PreTrainedTokenizerBase,
@@ -193,7 +193,7 @@ def clip_config(tower: dict, vocab_size: int, settings: TowerPretraining) -> CLI
 
 
 def encode_pairs(
-    pairs: list[dict], image_processor: CLIPImageProcessor, tokenizer: PreTrainedTokenizerBase, max_tokens: int, source: Path
+    pairs: list[dict], image_processor: CLIPImageProcessorPil, tokenizer: PreTrainedTokenizerBase, max_tokens: int, source: Path
 ) -> tuple[list[dict], int]:
     """Pixels and caption ids of every pair, computed once (each image is revisited many times), and the size of the
     captions' vocabulary.
@@ -221,7 +221,7 @@ def pretrain_tower(
     out: Path,
     coco_dir: Path,
     tower: dict,
-    image_processor: CLIPImageProcessor,
+    image_processor: CLIPImageProcessorPil,
     tokenizer: PreTrainedTokenizerBase,
     settings: TowerPretraining,
     seed: int,
