@@ -80,7 +80,7 @@ def fit_word_aligned_projector(
     for start in range(0, len(file_names), batch_size):
         images = [Image.open(coco_dir / name).convert("RGB") for name in file_names[start : start + batch_size]]
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-        features.append(model.model.get_vision_features(pixel_values).flatten(0, 1).double())
+        features.append(model.get_vision_features(pixel_values).flatten(0, 1).double())
     inputs = torch.cat(features)
     inputs = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)
     wanted = torch.cat([targets[name] for name in file_names])
