@@ -6,9 +6,9 @@ and batching apply (a streamed chat answer is one sequence: no beams, no batch).
 
 `compile` selects transformers' compiled decoding: a static KV cache (`cache_implementation="static"`) and
 `generate`'s own `torch.compile` of the decode step (`CompileConfig`). Greedy tokens are the same either way
-(tests/test_compiled_decoding.py). It is off by default: on the 2-core CPU it decodes only ~1.1x faster
-(batch 1, SmolLM2-135M shape) and its first call compiles for about a minute (docs/benchmarks.md, "Compiled
-decoding"); no GPU figure exists yet.
+(tests/test_compiled_decoding.py). It is off by default: on the 2-core CPUs measured it decodes short
+of the 1.3x goal against the built-in's default (batch 1, SmolLM2-135M shape) and its first call compiles for up to
+a minute (docs/benchmarks.md, "Compiled decoding"); no GPU figure exists yet.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def add_generation_arguments(
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (only with --temperature > 0)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="static KV cache + torch.compile of the decode step; same greedy tokens, a slow first "
-                            "call (default off: ~1.1x decode on a 2-core CPU, see docs/benchmarks.md)")
+                            "call (default off: 1.1-1.3x decode on a 2-core CPU, docs/benchmarks.md)")
     if batched:
         group.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1 = no beam search)")
         group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
