@@ -578,8 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if args.compiled_decoding:
-        # Ours through the inference layer's compiled path; the built-in keeps its default (dynamic cache, eager).
-        compiled = GenerationSettings(compile=True).generate_kwargs()
+        # Ours through the inference layer's compiled path (on CPU with eager attention, restored afterwards for
+        # the training step); the built-in keeps its default (dynamic cache, sdpa, not compiled).
+        settings = GenerationSettings(compile=True)
+        attention = ours.config._attn_implementation
+        settings.prepare_model(ours)
+        compiled = settings.generate_kwargs()
         compiled.pop("max_new_tokens"), compiled.pop("num_beams"), compiled.pop("do_sample")
 
         def generate_compiled(kind: str) -> dict:
@@ -595,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             Row("  decode-only tok/s (b1, compiled)", builtin_values[keys[1]], our_values[keys[1]], "tok/s", True)
         )
+        ours.set_attn_implementation(attention)
 
     if not args.decode_only:
         builtin_values, our_values, last = interleaved(args.reps, train, ["train_step_s", "loss"])

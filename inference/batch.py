@@ -54,6 +54,7 @@ class BatchAnswerer:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         tokenizer = self.processor.tokenizer
+        settings.prepare_model(self.model)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]

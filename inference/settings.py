@@ -5,10 +5,10 @@ the default answer length (a chat answer may run longer than an evaluation answe
 and batching apply (a streamed chat answer is one sequence: no beams, no batch).
 
 `compile` selects transformers' compiled decoding: a static KV cache (`cache_implementation="static"`) and
-`generate`'s own `torch.compile` of the decode step (`CompileConfig`). Greedy tokens are the same either way
-(tests/test_compiled_decoding.py). It is off by default: on the 2-core CPUs measured it decodes short
-of the 1.3x goal against the built-in's default (batch 1, SmolLM2-135M shape) and its first call compiles for up to
-a minute (docs/benchmarks.md, "Compiled decoding"); no GPU figure exists yet.
+`generate`'s own `torch.compile` of the decode step (`CompileConfig`), with the model attending eagerly on CPU
+(`GenerationSettings.prepare_model`). Greedy tokens are the same either way (tests/test_compiled_decoding.py). It
+is off by default: its first call compiles for up to a minute and a half on a 2-core CPU, which a short chat or a
+few answers never earn back (docs/benchmarks.md, "Compiled decoding"); no GPU figure exists yet.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class GenerationSettings:
             kwargs["do_sample"] = False
         return kwargs
 
+    def prepare_model(self, model: Any) -> None:
+        """What these settings need set on the model before `generate`: compiled decoding on CPU attends with the
+        eager kernels (matmul + softmax, which inductor fuses into the decode graph): for a one-token query sdpa's
+        CPU kernel costs more than it saves (docs/benchmarks.md, "Compiled decoding"). Prefill and greedy tokens
+        are unaffected; the switch stays on the model."""
+        if self.compile and model.device.type == "cpu" and model.config._attn_implementation != "eager":
+            model.set_attn_implementation("eager")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
         """The settings an `add_generation_arguments` group parsed (`--num-beams` only where offered)."""
@@ -63,11 +71,22 @@ def compiled_decoding_kwargs() -> dict[str, Any]:
     """`generate` arguments for a static KV cache with the decode step compiled by `generate` itself.
 
     transformers compiles automatically only on accelerators (cuda, xpu, ...); `_compile_all_devices` is its
-    switch for compiling on CPU too. Mode "default": "reduce-overhead" means CUDA graphs, which CPUs lack.
+    switch for compiling on CPU too. Inductor's default mode ("reduce-overhead" means CUDA graphs, which CPUs
+    lack), with two options that cut the per-token overhead around the ~200 matrix-vector products of a decode
+    step: the graph's wrapper in C++ instead of Python (`cpp_wrapper`, a longer first compile), and no guards on
+    the attributes of torch.nn's own modules (Linear, Embedding), which decoding never changes; the model's own
+    modules stay guarded (e.g. `training`).
     """
+    import torch
     from transformers import CompileConfig
 
-    compile_config = CompileConfig(mode="default")
+    compile_config = CompileConfig(
+        mode=None,  # inductor's default; torch.compile takes a mode or options, not both
+        options={
+            "cpp_wrapper": True,
+            "guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe,
+        },
+    )
     compile_config._compile_all_devices = True
     return {"cache_implementation": "static", "compile_config": compile_config}
 
@@ -87,7 +106,7 @@ def add_generation_arguments(
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (only with --temperature > 0)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="static KV cache + torch.compile of the decode step; same greedy tokens, a slow first "
-                            "call (default off: it decodes 1.1-1.26x faster on 2-core CPUs, docs/benchmarks.md)")
+                            "call (default off: docs/benchmarks.md, \"Compiled decoding\")")
     if batched:
         group.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1 = no beam search)")
         group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,

@@ -72,6 +72,7 @@ def stream_answer(model, processor, messages: list[dict[str, Any]], image=None,
     # iterating, e.g. a web client left): generation then ends at the next token instead of running on.
     # Multi-token markers such as "###" are no EOS token, so they are detected here, on the text.
     finished = threading.Event()
+    options.prepare_model(model)
     kwargs = dict(**inputs, **options.generate_kwargs(), streamer=streamer,
                   stopping_criteria=StoppingCriteriaList([_StopWhenSet(finished)]))
     if tokenizer.pad_token_id is not None:

@@ -37,6 +37,7 @@ def _batches(processor):
 
 def _generate(model, processor, settings: GenerationSettings, **extra) -> list[torch.Tensor]:
     outputs = []
+    settings.prepare_model(model)  # as the inference layer does (inference.batch, inference.streaming)
     with torch.inference_mode():
         for inputs in _batches(processor):
             output = model.generate(**inputs, **settings.generate_kwargs(), min_new_tokens=NEW_TOKENS,
@@ -54,6 +55,7 @@ def _assert_same_tokens(expected: list[torch.Tensor], actual: list[torch.Tensor]
 def test_static_cache_gives_the_default_greedy_tokens(tiny):
     """The static-cache path of the model (prepare_inputs_for_generation with a StaticCache), compilation off."""
     model, processor = tiny
+    model.set_attn_implementation("sdpa")
     default = _generate(model, processor, GenerationSettings(max_new_tokens=NEW_TOKENS))
     static = _generate(model, processor, GenerationSettings(max_new_tokens=NEW_TOKENS, compile=True),
                        disable_compile=True)
@@ -61,12 +63,17 @@ def test_static_cache_gives_the_default_greedy_tokens(tiny):
 
 
 def test_compiled_decoding_gives_the_default_greedy_tokens(tiny):
-    """The full option: the decode step compiled by `generate` (~20 s on 2 cores with a cold inductor cache)."""
+    """The full option: the decode step compiled by `generate` (~20 s on 2 cores with a cold inductor cache),
+    attending eagerly on CPU, against the default path with sdpa."""
     model, processor = tiny
     torch._dynamo.reset()
+    model.set_attn_implementation("sdpa")
     default = _generate(model, processor, GenerationSettings(max_new_tokens=NEW_TOKENS))
+    assert model.config._attn_implementation == "sdpa"  # the default path leaves the model as it is
     compiled = _generate(model, processor, GenerationSettings(max_new_tokens=NEW_TOKENS, compile=True))
     assert hasattr(model, "_compiled_call")  # generate did compile the decode step
+    assert model.config._attn_implementation == "eager"
+    assert model.config.text_config._attn_implementation == "eager"
     _assert_same_tokens(default, compiled)
 
 
