@@ -7,8 +7,8 @@ and batching apply (a streamed chat answer is one sequence: no beams, no batch).
 `compile` selects transformers' compiled decoding: a static KV cache (`cache_implementation="static"`) and
 `generate`'s own `torch.compile` of the decode step (`CompileConfig`), with the model attending eagerly on CPU
 (`GenerationSettings.prepare_model`). Greedy tokens are the same either way (tests/test_compiled_decoding.py). It
-is off by default: its first call compiles for up to a minute and a half on a 2-core CPU, which a short chat or a
-few answers never earn back (docs/benchmarks.md, "Compiled decoding"); no GPU figure exists yet.
+is off by default: its first call compiles (~1.5 min with a cold inductor cache on the 2-core CPU measured), which
+a short chat or a few answers never earn back (docs/benchmarks.md, "Compiled decoding"); no GPU figure exists yet.
 """
 
 from __future__ import annotations
